@@ -1,0 +1,131 @@
+"""Checkpoints as plain data: atomic writes, ``weights_only=True`` loads, strict key checks.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts (state dicts, the
+config as a dict, epoch/step, ``format_version``). Nothing pickled beyond that, so every
+load can use ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+FORMAT_VERSION = 1
+# Wrappers that prefix every key: DistributedDataParallel/DataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, unreadable or does not fit the model."""
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, then rename.
+
+    A reader never sees a half-written file, and a crash leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = dict(obj)
+    data.setdefault("format_version", FORMAT_VERSION)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, what: str = "checkpoint", config_key: str | None = None) -> dict:
+    """Load a plain-data checkpoint on CPU with ``weights_only=True``.
+
+    ``what`` and ``config_key`` only make the error messages precise
+    ("anonymizer checkpoint (model.anonymizer.weights) ... does not exist").
+    """
+    path = Path(path)
+    label = f"{what} ({config_key})" if config_key else what
+    if not path.is_file():
+        raise CheckpointError(f"{label} {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or pickled files
+        raise CheckpointError(
+            f"{label} {path} could not be loaded with weights_only=True ({type(e).__name__}: {e}). "
+            "Only plain-data checkpoints (state dicts) are accepted."
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{label} {path} holds a {type(data).__name__}, expected a dict")
+    return data
+
+
+def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str] = WRAPPER_PREFIXES) -> dict:
+    """Remove wrapper prefixes (``module.``, ``_orig_mod.``) wherever every key carries them."""
+    sd = dict(state_dict)
+    changed = True
+    while changed and sd:
+        changed = False
+        for p in prefixes:
+            if all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def load_state_dict_strict(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    source: str,
+    expected_layout: str = "this project's own checkpoints",
+    ignore_missing: Iterable[str] = (),
+) -> None:
+    """Load with exact key and shape matching; on any mismatch raise one error listing it all.
+
+    ``ignore_missing`` names key prefixes the model may keep at their initial values (a new
+    classifier head on pretrained features, say).
+    """
+    sd = strip_prefixes(state_dict)
+    own = model.state_dict()
+    ignore = tuple(ignore_missing)
+    missing = [k for k in own if k not in sd and not k.startswith(ignore)]
+    unexpected = [k for k in sd if k not in own]
+    wrong_shape = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+
+        def show(items: list[str]) -> str:
+            head = ", ".join(items[:8])
+            return head + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+
+        parts = [f"{source} does not fit {type(model).__name__} (expected key layout: {expected_layout})."]
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if wrong_shape:
+            parts.append(f"shape mismatches: {show(wrong_shape)}")
+        raise CheckpointError("\n  ".join(parts))
+    model.load_state_dict({k: v for k, v in sd.items()}, strict=not ignore)
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """SHA-256 of a file's bytes (short), used to key caches and manifests by checkpoint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]

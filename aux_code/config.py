@@ -203,8 +203,10 @@ def _coerce(value: Any, tp: Any, key: str, origins: dict) -> Any:
     origin = get_origin(tp)
     args = get_args(tp)
 
+    # Show command-line values as typed, file values as YAML read them.
+    shown = str(value) if isinstance(value, _RawOverride) else repr(value)
+
     def fail(msg: str | None = None) -> ConfigError:
-        shown = str(value) if isinstance(value, _RawOverride) else repr(value)
         return ConfigError(msg or f"{key} = {shown} (from {where}) must be {_type_name(tp)}")
 
     if isinstance(value, _RawOverride):
@@ -218,14 +220,13 @@ def _coerce(value: Any, tp: Any, key: str, origins: dict) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key, origins)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                pass
         raise fail()
     if origin is Literal:
         if value not in args:

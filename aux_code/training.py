@@ -1,0 +1,150 @@
+"""Plumbing shared by every training stage: run directory, resume, selection, loss guards.
+
+A stage's ``run(cfg)`` does::
+
+    ctx = start_run(cfg, stage="anomaly")          # seeds, device, run dir, config, logger
+    state = ctx.resume_or(fresh_state)              # {"epoch": 0, "model": ..., ...}
+    for epoch in range(state["epoch"], cfg.optim.epochs):
+        ...
+        ctx.save(state_dict_of_everything, epoch=epoch + 1, metric=val_auc)
+    ctx.finish()
+
+Checkpoints carry the python/numpy/torch RNG states so a resumed CPU run with
+``run.deterministic=true`` reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import torch
+
+from aux_code.checkpoint import load_checkpoint, save_checkpoint
+from aux_code.config import to_dict, write_run_config
+from aux_code.runtime import DistInfo, MetricLogger, init_runtime, run_dir_for, seed_everything
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the message names the step and every loss term."""
+
+
+def check_finite(step: int, terms: Mapping[str, torch.Tensor | float]) -> None:
+    """Stop the run, naming the step and the terms, when any loss term is not finite."""
+    values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in terms.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+        raise NonFiniteLossError(f"non-finite loss at step {step}: {shown}")
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch CPU RNG states as plain data (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    py_version, py_keys, py_gauss = random.getstate()
+    return {
+        "python_version": py_version,
+        "python_keys": list(py_keys),
+        "python_gauss": py_gauss,
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(state["python_keys"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+
+
+@dataclass
+class BestTracker:
+    """Keeps the best validation value under an explicit rule ("max" or "min")."""
+
+    mode: Literal["max", "min"] = "max"
+    best: float | None = None
+    best_epoch: int | None = None
+
+    def update(self, value: float, epoch: int) -> bool:
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best, self.best_epoch = float(value), epoch
+        return better
+
+    def state_dict(self) -> dict:
+        return {"mode": self.mode, "best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        self.mode, self.best, self.best_epoch = d["mode"], d["best"], d["best_epoch"]
+
+
+@dataclass
+class RunContext:
+    """Everything a stage's training loop needs from the runtime."""
+
+    run_dir: Path
+    dist: DistInfo
+    logger: MetricLogger
+    resume: bool
+    best: BestTracker = field(default_factory=BestTracker)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def resume_or(self, fresh: Callable[[], dict] | dict) -> dict | None:
+        """The last checkpoint of this run directory (and its RNG state applied), or None.
+
+        Returns None when there is nothing to resume or resuming is off; the caller then
+        starts fresh. ``fresh`` is unused but documents what the stage would start from.
+        """
+        path = self.run_dir / LAST
+        if not (self.resume and path.is_file()):
+            return None
+        state = load_checkpoint(path, what="resume checkpoint")
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        if "best" in state:
+            self.best.load_state_dict(state["best"])
+        return state
+
+    def save(self, state: Mapping[str, Any], *, epoch: int, metric: float | None = None) -> bool:
+        """Write last.pt (always) and best.pt (when ``metric`` improves); rank 0 only.
+
+        Returns whether this epoch became the best.
+        """
+        improved = metric is not None and self.best.update(metric, epoch)
+        if self.dist.is_main:
+            data = dict(state)
+            data.update(epoch=epoch, rng=rng_state(), best=self.best.state_dict())
+            save_checkpoint(data, self.run_dir / LAST)
+            if improved:
+                save_checkpoint(data, self.run_dir / BEST)
+        return improved
+
+    def finish(self) -> None:
+        self.logger.close()
+
+
+def start_run(cfg: Any, *, stage: str, select: Literal["max", "min"] = "max", tensorboard: bool = True) -> RunContext:
+    """Seed, pick the device, create <paths.runs>/<stage>/<run.name>, write the resolved config."""
+    dist = init_runtime(cfg.run.device)
+    seed_everything(cfg.run.seed, rank=dist.rank, deterministic=cfg.run.deterministic)
+    run_dir = run_dir_for(cfg.paths.runs, stage, cfg.run.name)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(cfg, run_dir)
+    logger = MetricLogger(run_dir, enabled=dist.is_main, tensorboard=tensorboard)
+    return RunContext(run_dir=run_dir, dist=dist, logger=logger, resume=cfg.run.resume, best=BestTracker(mode=select))
+
+
+def plain_config(cfg: Any) -> dict:
+    """The config as plain data, for storing inside checkpoints."""
+    return to_dict(cfg)

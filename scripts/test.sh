@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup_env.sh" dev
+bash "$ROOT/scripts/setup_env.sh" dev,dali
 cd "$ROOT"
 set +e
 "$ROOT/.venv/bin/python" -m pytest "$@"

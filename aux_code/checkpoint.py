@@ -38,6 +38,10 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
             torch.save(data, f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

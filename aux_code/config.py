@@ -56,11 +56,11 @@ class PathsConfig:
     """Every dataset root and output root. Set these only in configs/paths.yaml."""
 
     ucf101: str = opt("data/synthetic/UCF101", "UCF101 root: Videos/<Class>/v_*.avi and ucfTrainTestlist/.")
-    vispr: str = opt("data/synthetic/VISPR", "VISPR privacy split root: images/ and the label dicts.")
+    vispr: str = opt("data/synthetic/VISPR", "VISPR privacy split root: train2017/, test2017/ and {train,test}_labels.pkl (or .json).")
     ucf_crime: str = opt("data/synthetic/UCF_Crime", "UCF-Crime root: Videos/<Class>/*_x264.mp4 and the split/annotation files.")
-    xd_violence: str = opt("data/synthetic/XD_Violence", "XD-Violence root: videos/ and the test annotation file.")
-    shanghaitech: str = opt("data/synthetic/ShanghaiTech", "ShanghaiTech weakly supervised root: videos/, lists and test frame masks.")
-    synthetic: str = opt("data/synthetic", "Where scripts/make_synthetic_world writes the generated world.")
+    xd_violence: str = opt("data/synthetic/XD_Violence", "XD-Violence root: train/, test/ and annotations.txt.")
+    shanghaitech: str = opt("data/synthetic/ShanghaiTech", "ShanghaiTech weakly supervised root: training/videos, testing/videos, testing/test_frame_mask, SH_Train.txt / SH_Test.txt.")
+    synthetic: str = opt("data/synthetic", "Where `python -m aux_code.synthetic` writes the generated world.")
     weights: str = opt("weights", "Directory of local pretrained weight files; relative 'weights:' entries resolve here.")
     runs: str = opt("runs", "Root of every run directory and of the artifacts passed between stages.")
     results: str = opt("results", "Where the reproduce script writes tables, plots and the summary JSON.")

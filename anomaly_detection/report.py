@@ -1,0 +1,163 @@
+"""What a finished stage-4 run leaves for people and for the reproduce script.
+
+- results.json: the selected epoch and its validation value, test frame metrics (ROC AUC,
+  AP, trapezoidal PR-AUC, each labelled), online scores, counts, config and feature-set
+  hashes;
+- results.md: one Markdown table row (columns in RESULTS_MD_HEADER);
+- test_scores.npz: every test video's clip scores and SAS stream (no pickled objects);
+- plots/<video>.png: per-frame score curves of a few test videos, anomalies shaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from anomaly_detection.data import EvalVideo
+from anomaly_detection.evaluate import video_ground_truth
+from aux_code.metrics import robust_rescale
+from aux_code.segments import expand_clip_scores
+
+RESULTS_MD_HEADER = (
+    "| run | dataset | anonymizer | headline | ROC AUC | AP | PR-AUC (trapz) | SAS video F1 | selected epoch | val | config |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_results(run_dir: Path, results: Mapping) -> None:
+    """results.json and its one-line Markdown row results.md."""
+    _write_text(run_dir / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
+    _write_text(run_dir / "results.md", results_md_row(results) + "\n")
+
+
+def results_md_row(results: Mapping) -> str:
+    """One table row in the columns of RESULTS_MD_HEADER (percentages, 2 decimals)."""
+    test = results["test"]
+    pct = lambda x: f"{100.0 * x:.2f}"  # noqa: E731
+    val = results["selection"]
+    val_text = f"{val['metric']} {pct(val['value'])}" if val["value"] is not None else "none (last epoch)"
+    cells = [
+        results["run"],
+        results["dataset"],
+        results["anonymizer"],
+        f"{test['headline']['metric']} {pct(test['headline']['value'])}",
+        pct(test["frame"]["roc_auc"]),
+        pct(test["frame"]["average_precision"]),
+        pct(test["frame"]["pr_auc_trapezoid"]),
+        pct(test["online"]["sas_video_f1"]),
+        str(val["epoch"]),
+        val_text,
+        results["config_hash"],
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def save_test_scores(
+    path: Path,
+    videos: Sequence[EvalVideo],
+    clip_scores: Mapping[str, np.ndarray],
+    video_scores: Mapping[str, float],
+    sas: Mapping[str, np.ndarray],
+    clip_span: int,
+) -> None:
+    """Per-video scores in one npz, ragged arrays stored flat with offsets (CSR style).
+
+    Video i's clip scores are clip_scores[offsets[i]:offsets[i+1]]; same for sas. Loads
+    with np.load(path) (no pickle): names (N,) str, labels (N,), num_clips (N,),
+    video_scores (N,), clip_span ().
+    """
+    counts = np.array([v.num_clips for v in videos], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    arrays = {
+        "names": np.array([v.name for v in videos], dtype=str),
+        "labels": np.array([v.label for v in videos], dtype=np.int64),
+        "num_clips": counts,
+        "offsets": offsets,
+        "clip_scores": np.concatenate([np.asarray(clip_scores[v.name], dtype=np.float64) for v in videos]),
+        "sas": np.concatenate([np.asarray(sas[v.name], dtype=np.float64) for v in videos]),
+        "video_scores": np.array([video_scores[v.name] for v in videos], dtype=np.float64),
+        "clip_span": np.array(clip_span, dtype=np.int64),
+    }
+    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def pick_plot_videos(videos: Sequence[EvalVideo], n: int) -> list[EvalVideo]:
+    """Up to n videos, alternating anomalous and normal (anomalous first), by name."""
+    abnormal = sorted((v for v in videos if v.label == 1), key=lambda v: v.name)
+    normal = sorted((v for v in videos if v.label == 0), key=lambda v: v.name)
+    picked: list[EvalVideo] = []
+    for i in range(max(len(abnormal), len(normal))):
+        picked.extend(group[i] for group in (abnormal, normal) if i < len(group))
+    return picked[:n]
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_video_scores(
+    out_dir: Path,
+    videos: Sequence[EvalVideo],
+    clip_scores: Mapping[str, np.ndarray],
+    sas: Mapping[str, np.ndarray],
+    clip_span: int,
+    *,
+    rescale: bool = False,
+) -> list[Path]:
+    """One PNG per video: per-frame score (and SAS) over the covered frames, anomalies shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for v in videos:
+        raw = np.asarray(clip_scores[v.name], dtype=np.float64)
+        shown = robust_rescale(raw) if rescale else raw
+        frames = expand_clip_scores(shown, clip_span=clip_span)
+        gt = video_ground_truth(v, clip_span)
+        fig, ax = plt.subplots(figsize=(8, 2.6), dpi=100)
+        x = np.arange(frames.size)
+        ax.plot(x, frames, lw=1.2, color="tab:blue", label="rescaled score" if rescale else "MGFN score")
+        ax.plot(x, expand_clip_scores(sas[v.name], clip_span=clip_span), lw=1.0, ls="--", color="tab:orange", label="SAS")
+        # Shade from the frame labels themselves, so the picture shows exactly what was scored against.
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], gt, [0]])))
+        for start, end in zip(edges[::2], edges[1::2]):
+            ax.axvspan(start, end, color="tab:red", alpha=0.2, lw=0)
+        ax.set_xlim(0, max(frames.size, 1))
+        if not rescale:
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("frame")
+        ax.set_ylabel("anomaly score")
+        ax.set_title(f"{v.name} ({'anomalous' if v.label else 'normal'}; shaded: annotated anomaly)", fontsize=9)
+        ax.legend(loc="upper right", fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"{_safe_name(v.name)}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

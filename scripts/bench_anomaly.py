@@ -1,0 +1,285 @@
+"""Benchmark: stage 4's MGFN training loop versus a plain reference loop, same data, CPU.
+
+    python scripts/bench_anomaly.py                      # paper-size MGFN, 2048-d features
+    python scripts/bench_anomaly.py --preset tiny --dim 64 --epochs 5
+
+Builds a fake feature set (UCF-Crime-like clip counts) once, then runs each variant in
+its own process, so that peak RSS (ru_maxrss) belongs to that variant alone:
+
+- reference: the loop written the obvious way, as the public MGFN/RTFM code does it: a
+  Dataset whose __getitem__ reads the .npy, resamples it to 32 segments with a per-video
+  Python loop in float64 and appends the magnitude, on every access; default-collate
+  DataLoaders (shuffle=True) zipped together; evaluation re-reading each video from disk;
+  per-frame ground truth built frame by frame.
+- stage: anomaly_detection's own functions: features checked and resampled once at load
+  time into one float32 tensor per class, batches gathered by index, evaluation from
+  cached float32 features under inference_mode.
+
+Both use the same model (aux_code.models.mgfn), loss, optimiser, initial weights,
+validation split and test set. Reported: one-time setup, train epoch time (median over
+epochs) and its data side (getting the batches ready), validation time, peak RSS and the
+test frame AUC after the last epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _common(args: argparse.Namespace):
+    import torch
+
+    from aux_code.features import read_manifest
+
+    torch.set_num_threads(args.threads)
+    info = read_manifest(args.features)
+    return torch, info
+
+
+def _model(args: argparse.Namespace):
+    import torch
+
+    from aux_code.models.mgfn import build_mgfn
+
+    torch.manual_seed(0)  # same initial weights in both variants
+    model = build_mgfn(preset=args.preset, feature_dim=args.dim)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    return model, optimizer
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def run_reference(args: argparse.Namespace) -> dict:
+    """The obvious loop. Deliberately plain: this is the baseline, not code to reuse."""
+    torch, info = _common(args)
+    from sklearn.metrics import roc_auc_score
+
+    from anomaly_detection.data import stratified_split
+    from aux_code.losses.mgfn import mgfn_loss
+
+    feature_dir = Path(args.features)
+    train = [v for v in info.videos.values() if v.split == "train"]
+    val_names = set(stratified_split([v.name for v in train], [v.label for v in train], args.val_fraction, 0))
+    fit = [v for v in train if v.name not in val_names]
+    val = sorted((v for v in train if v.name in val_names), key=lambda v: v.name)
+    test = sorted((v for v in info.videos.values() if v.split == "test"), key=lambda v: v.name)
+
+    def process_feat64(feat, length=32):
+        new_feat = np.zeros((length, feat.shape[1]))  # float64, as np.zeros gives
+        r = np.linspace(0, len(feat), length + 1, dtype=int)
+        for i in range(length):
+            if r[i] != r[i + 1]:
+                new_feat[i, :] = np.mean(feat[r[i] : r[i + 1], :], 0)
+            else:
+                new_feat[i, :] = feat[r[i], :]
+        return new_feat
+
+    class Videos(torch.utils.data.Dataset):
+        def __init__(self, entries):
+            self.entries = sorted(entries, key=lambda v: v.name)
+
+        def __len__(self):
+            return len(self.entries)
+
+        def __getitem__(self, i):
+            v = self.entries[i]
+            feats = np.array(np.load(feature_dir / v.file), dtype=np.float64)
+            feats = process_feat64(feats, 32)
+            mag = np.linalg.norm(feats, axis=1)[:, np.newaxis]
+            feats = np.concatenate((feats, mag), axis=1)
+            return torch.from_numpy(feats).float(), float(v.label)
+
+    g = torch.Generator().manual_seed(0)
+    nloader = torch.utils.data.DataLoader(Videos([v for v in fit if v.label == 0]), batch_size=args.batch, shuffle=True, drop_last=True, generator=g)
+    aloader = torch.utils.data.DataLoader(Videos([v for v in fit if v.label == 1]), batch_size=args.batch, shuffle=True, drop_last=True, generator=g)
+    model, optimizer = _model(args)
+
+    def score(v):
+        feats = torch.from_numpy(np.array(np.load(feature_dir / v.file), dtype=np.float64)).float()
+        mag = torch.norm(feats, dim=1, keepdim=True)
+        x = torch.cat((feats, mag), dim=1).unsqueeze(0)
+        out = model(x)
+        return out.scores[0].numpy(), float(out.video_scores[0])
+
+    train_times, eval_times, data_times = [], [], []
+    for _ in range(args.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        batches = iter(zip(nloader, aloader))
+        data_time = 0.0
+        while True:
+            t_data = time.perf_counter()
+            try:
+                (ninput, nlabel), (ainput, alabel) = next(batches)
+            except StopIteration:
+                break
+            data_time += time.perf_counter() - t_data
+            x = torch.cat((ninput, ainput), 0)
+            labels = torch.cat((nlabel, alabel), 0).float()
+            out = model(x)
+            loss, _ = mgfn_loss(scores=out.scores, video_scores=out.video_scores, labels=labels, topk_features=out.topk_features)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        train_times.append(time.perf_counter() - t0)
+        data_times.append(data_time)
+        t0 = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            video_scores = [score(v)[1] for v in val]
+        roc_auc_score([v.label for v in val], video_scores)
+        eval_times.append(time.perf_counter() - t0)
+
+    model.eval()
+    preds, gts = [], []
+    with torch.no_grad():
+        for v in test:
+            clip_scores, _ = score(v)
+            preds.extend(np.repeat(clip_scores, info.clip_len * info.skip).tolist())
+            n = v.num_clips * info.clip_len * info.skip
+            gts.extend(1 if any(s <= f < e for s, e in v.intervals) else 0 for f in range(n))
+    return {"setup_s": 0.0, "train_s": train_times, "data_s": data_times, "eval_s": eval_times, "test_auc": float(roc_auc_score(gts, preds))}
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_stage(args: argparse.Namespace) -> dict:
+    torch, info = _common(args)
+    from anomaly_detection.data import epoch_batches, load_anomaly_data
+    from anomaly_detection.evaluate import frame_arrays, score_videos, selection_metric
+    from anomaly_detection.train import loss_options, train_epoch
+    from anomaly_detection.config import AnomalyConfig
+    from aux_code.metrics import frame_auc
+    from aux_code.runtime import DistInfo
+
+    t0 = time.perf_counter()
+    data = load_anomaly_data(args.features, feature_dim=args.dim, validation_fraction=args.val_fraction, seed=0)
+    setup = time.perf_counter() - t0
+    model, optimizer = _model(args)
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    loss_kwargs = loss_options(AnomalyConfig())
+    train_times, eval_times, data_times = [], [], []
+    for epoch in range(args.epochs):
+        # The data side of train_epoch alone (plan the epoch, gather every batch), timed apart.
+        t0 = time.perf_counter()
+        n_normal, n_abnormal = len(data.train.normal_names), len(data.train.abnormal_names)
+        for ni, ai in epoch_batches(n_normal, n_abnormal, batch_per_class=args.batch, epoch=epoch, seed=0):
+            torch.cat([data.train.normal[torch.from_numpy(ni)], data.train.abnormal[torch.from_numpy(ai)]])
+        data_times.append(time.perf_counter() - t0)
+        stats = train_epoch(model, optimizer, data, epoch=epoch, batch_per_class=args.batch, seed=0, dist=dist, loss_kwargs=loss_kwargs)
+        train_times.append(stats["epoch_time_s"])
+        t0 = time.perf_counter()
+        scores = score_videos(model, data, data.validation, device=dist.device)
+        selection_metric("video_auc", data.validation, scores, data.clip_span)
+        eval_times.append(time.perf_counter() - t0)
+    scores = score_videos(model, data, data.test, device=dist.device)
+    auc = frame_auc(*frame_arrays(data.test, scores.clip, data.clip_span))
+    return {"setup_s": setup, "train_s": train_times, "data_s": data_times, "eval_s": eval_times, "test_auc": auc}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def child(args: argparse.Namespace) -> None:
+    result = (run_reference if args.child == "reference" else run_stage)(args)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    print("BENCH " + json.dumps(result), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench_anomaly"), help="where the fake feature set is written")
+    p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="MGFN size")
+    p.add_argument("--dim", type=int, default=2048, help="feature dimension")
+    p.add_argument("--train", type=int, default=56, help="training videos per class (validation is taken from these)")
+    p.add_argument("--test", type=int, default=16, help="test videos per class")
+    p.add_argument("--clips", type=int, nargs=2, default=(60, 300), help="clip count range per video")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="validation fraction per class")
+    p.add_argument("--batch", type=int, default=16, help="videos per class per step")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per variant")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads in each variant")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant; the fastest is reported")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--child", choices=["reference", "stage"], help=argparse.SUPPRESS)
+    p.add_argument("--features", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args)
+        return
+
+    from anomaly_detection.fake_features import make_fake_feature_set
+
+    features = Path(args.out) / f"features_d{args.dim}_n{args.train}_{args.test}_c{args.clips[0]}-{args.clips[1]}"
+    if not (features / "manifest.json").is_file():
+        make_fake_feature_set(
+            features, feature_dim=args.dim, train=(args.train, args.train), test=(args.test, args.test),
+            clips=tuple(args.clips), shift=0.5, seed=0,
+        )
+    shared = [
+        "--preset", args.preset, "--dim", str(args.dim), "--val-fraction", str(args.val_fraction), "--batch", str(args.batch),
+        "--epochs", str(args.epochs), "--threads", str(args.threads), "--features", str(features),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    runs: dict[str, list[dict]] = {"reference": [], "stage": []}
+    # Interleaved repeats, best one kept per variant: on a shared machine the minimum is the
+    # figure least disturbed by other processes.
+    for _ in range(args.repeats):
+        for variant in runs:
+            proc = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--child", variant, *shared],
+                cwd=ROOT, env=env, capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                raise SystemExit(f"bench_anomaly: the {variant} variant failed:\n{proc.stderr[-4000:]}")
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("BENCH "))
+            f = json.loads(line[len("BENCH "):])
+            f.update(
+                train_epoch_s=statistics.median(f["train_s"]),
+                data_epoch_s=statistics.median(f["data_s"]),
+                val_s=statistics.median(f["eval_s"]),
+            )
+            f["epoch_s"] = f["train_epoch_s"] + f["val_s"]
+            runs[variant].append(f)
+    figures = {variant: min(results, key=lambda f: f["epoch_s"]) for variant, results in runs.items()}
+
+    rows = [
+        f"| {variant} | {f['setup_s']:.2f} | {f['train_epoch_s']:.2f} | {f['data_epoch_s']:.3f} | {f['val_s']:.2f} | "
+        f"{f['epoch_s']:.2f} | {f['peak_rss_mb']:.0f} | {100 * f['test_auc']:.2f} |"
+        for variant, f in figures.items()
+    ]
+    ref, stage = figures["reference"], figures["stage"]
+    speed = {
+        "train_epoch": ref["train_epoch_s"] / stage["train_epoch_s"],
+        "epoch_with_val": ref["epoch_s"] / stage["epoch_s"],
+        "data_per_epoch": ref["data_epoch_s"] / max(stage["data_epoch_s"], 1e-9),
+    }
+    print(f"MGFN preset {args.preset}, D={args.dim}, {args.train}+{args.train} train videos (val {args.val_fraction:.0%} of each), "
+          f"{args.test}+{args.test} test, {args.clips[0]}-{args.clips[1]} clips/video, batch {args.batch}+{args.batch}, "
+          f"{args.epochs} epochs, {args.threads} threads, best of {args.repeats} runs")
+    print("| variant | setup s | train epoch s (median) | of which data s | validation s | epoch + val s | peak RSS MB | test frame AUC % |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"speed-up (reference / stage): train epoch {speed['train_epoch']:.2f}x, epoch + validation "
+          f"{speed['epoch_with_val']:.2f}x, data side of an epoch {speed['data_per_epoch']:.1f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "figures": figures, "all_runs": runs, "speedup": speed}, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 
 from anomaly_detection.data import EvalVideo
 from anomaly_detection.evaluate import video_ground_truth
+from aux_code.checkpoint import atomic_write
 from aux_code.metrics import robust_rescale
 from aux_code.segments import expand_clip_scores
 
@@ -30,21 +29,8 @@ RESULTS_MD_HEADER = (
 )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_results(run_dir: Path, results: Mapping) -> None:
@@ -101,7 +87,7 @@ def save_test_scores(
         "video_scores": np.array([video_scores[v.name] for v in videos], dtype=np.float64),
         "clip_span": np.array(clip_span, dtype=np.int64),
     }
-    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def pick_plot_videos(videos: Sequence[EvalVideo], n: int) -> list[EvalVideo]:

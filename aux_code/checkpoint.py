@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -23,19 +23,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
 
 
-def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, then rename.
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a temporary file in the same folder, then rename it to ``path``.
 
     A reader never sees a half-written file, and a crash leaves the previous file intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = dict(obj)
-    data.setdefault("format_version", FORMAT_VERSION)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the mode a plain open() would have.
@@ -47,6 +45,13 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a plain-data checkpoint atomically (see :func:`atomic_write`)."""
+    data = dict(obj)
+    data.setdefault("format_version", FORMAT_VERSION)
+    return atomic_write(path, lambda f: torch.save(data, f))
 
 
 def load_checkpoint(path: str | Path, *, what: str = "checkpoint", config_key: str | None = None) -> dict:

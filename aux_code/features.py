@@ -16,13 +16,13 @@ indexing that produced the features.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from aux_code.checkpoint import atomic_write
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -71,33 +71,21 @@ class FeatureSetInfo:
         return d
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_features(path: str | Path, feats: np.ndarray) -> None:
     """Write one video's (S, D) features as float32, atomically."""
     arr = np.ascontiguousarray(feats, dtype=np.float32)
-    _atomic_write_bytes(Path(path), lambda f: np.save(f, arr))
+    atomic_write(Path(path), lambda f: np.save(f, arr))
 
 
 def write_manifest(feature_dir: str | Path, info: FeatureSetInfo) -> None:
     """Write manifest.json and the train/test list files, atomically."""
     feature_dir = Path(feature_dir)
     text = json.dumps(asdict(info), indent=1, sort_keys=True).encode()
-    _atomic_write_bytes(feature_dir / MANIFEST, lambda f: f.write(text))
+    atomic_write(feature_dir / MANIFEST, lambda f: f.write(text))
     for split in ("train", "test"):
         lines = [str(feature_dir / v.file) for v in sorted(info.videos.values(), key=lambda v: v.name) if v.split == split]
         data = ("\n".join(lines) + "\n" if lines else "").encode()
-        _atomic_write_bytes(feature_dir / f"{split}.list", lambda f, d=data: f.write(d))
+        atomic_write(feature_dir / f"{split}.list", lambda f, d=data: f.write(d))
 
 
 def read_manifest(feature_dir: str | Path) -> FeatureSetInfo:

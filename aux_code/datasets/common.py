@@ -208,3 +208,40 @@ def read_person_boxes(path: Path, num_frames: int) -> list[np.ndarray]:
     rows = rows[order]
     splits = np.searchsorted(rows[:, 0], np.arange(1, num_frames))
     return [chunk[:, 1:].astype(np.int32) for chunk in np.split(rows, splits)]
+
+
+class AnomalyAdapter(DatasetAdapter):
+    """Shared by the weakly supervised anomaly datasets: cached splits, frame labels, boxes.
+
+    Subclasses implement ``_parse(split)``; ShanghaiTech overrides ``frame_labels`` (masks).
+    """
+
+    splits: tuple[str, ...] = ("train", "test")
+
+    def __init__(self, root: str | Path, *, on_error: OnError = "raise") -> None:
+        super().__init__(root, on_error=on_error)
+        self._cache: dict[str, list[AnomalyVideo]] = {}
+
+    def _parse(self, split: str) -> list[AnomalyVideo]:
+        raise NotImplementedError
+
+    def items(self, split: str) -> list[AnomalyVideo]:
+        """Videos of a split (see the subclass for their order; labels never depend on it)."""
+        if split not in self.splits:
+            raise ValueError(f"{self.dataset_name} split must be 'train' or 'test', got {split!r}")
+        if split not in self._cache:
+            self._cache[split] = self._parse(split)
+        return list(self._cache[split])
+
+    def frame_labels(self, item: AnomalyVideo, num_frames: int) -> np.ndarray:
+        """uint8 per-frame labels; raises for an abnormal video without frame annotation."""
+        if item.intervals is None:
+            raise DatasetError(
+                f"{self.dataset_name}: {item.name} is an abnormal training video with a video-level label only "
+                f"(frame labels exist for test videos)"
+            )
+        return intervals_to_frame_labels(item.intervals, num_frames, name=item.name)
+
+    def person_boxes(self, item: AnomalyVideo, num_frames: int) -> list[np.ndarray]:
+        """Ground-truth person boxes per frame (synthetic world only): ``boxes/<name>.npy``."""
+        return read_person_boxes(self.root / "boxes" / f"{item.name}.npy", num_frames)

@@ -25,11 +25,10 @@ import numpy as np
 
 from .common import (
     AnomalyVideo,
-    DatasetAdapter,
+    AnomalyAdapter,
     DatasetError,
     OnError,
     read_lines,
-    read_person_boxes,
     runs_of_ones,
 )
 
@@ -39,9 +38,8 @@ NORMAL_CLASS = "Normal"
 ABNORMAL_CLASS = "Abnormal"
 
 
-class ShanghaiTech(DatasetAdapter):
+class ShanghaiTech(AnomalyAdapter):
     dataset_name = "ShanghaiTech"
-    splits: tuple[str, ...] = ("train", "test")
 
     def __init__(
         self,
@@ -62,15 +60,6 @@ class ShanghaiTech(DatasetAdapter):
         for folder in (self.training_videos, self.testing_videos, self.mask_dir):
             if not folder.is_dir():
                 raise DatasetError(f"ShanghaiTech: folder {folder} does not exist")
-        self._cache: dict[str, list[AnomalyVideo]] = {}
-
-    def items(self, split: Split) -> list[AnomalyVideo]:
-        """Videos of the split list, in list order (labels from masks, not from the order)."""
-        if split not in self.splits:
-            raise ValueError(f"ShanghaiTech split must be 'train' or 'test', got {split!r}")
-        if split not in self._cache:
-            self._cache[split] = self._parse(split)
-        return list(self._cache[split])
 
     def mask_path(self, name: str) -> Path:
         return self.mask_dir / f"{name}.npy"
@@ -86,10 +75,6 @@ class ShanghaiTech(DatasetAdapter):
                 f"{num_frames}; expected equal lengths (no silent resampling)"
             )
         return mask
-
-    def person_boxes(self, item: AnomalyVideo, num_frames: int) -> list[np.ndarray]:
-        """Ground-truth person boxes per frame (synthetic world only): ``boxes/<name>.npy``."""
-        return read_person_boxes(self.root / "boxes" / f"{item.name}.npy", num_frames)
 
     # ------------------------------------------------------------------ parsing
 

@@ -27,12 +27,10 @@ import numpy as np
 
 from .common import (
     AnomalyVideo,
-    DatasetAdapter,
+    AnomalyAdapter,
     DatasetError,
     OnError,
-    intervals_to_frame_labels,
     read_lines,
-    read_person_boxes,
 )
 
 Split = Literal["train", "test"]
@@ -43,9 +41,8 @@ def _is_normal(folder: str, file_name: str) -> bool:
     return folder.startswith("Normal") or "_Normal_" in folder or file_name.startswith("Normal_Videos")
 
 
-class UCFCrime(DatasetAdapter):
+class UCFCrime(AnomalyAdapter):
     dataset_name = "UCF-Crime"
-    splits: tuple[str, ...] = ("train", "test")
 
     def __init__(
         self,
@@ -63,28 +60,6 @@ class UCFCrime(DatasetAdapter):
             raise DatasetError(f"UCF-Crime: videos folder {self.videos_root} does not exist")
         self.list_files = {"train": self.root / train_list, "test": self.root / test_list}
         self.annotation_path = self.root / annotation_file
-        self._cache: dict[str, list[AnomalyVideo]] = {}
-
-    def items(self, split: Split) -> list[AnomalyVideo]:
-        """Videos of the train or test list, in list order."""
-        if split not in self.splits:
-            raise ValueError(f"UCF-Crime split must be 'train' or 'test', got {split!r}")
-        if split not in self._cache:
-            self._cache[split] = self._parse(split)
-        return list(self._cache[split])
-
-    def frame_labels(self, item: AnomalyVideo, num_frames: int) -> np.ndarray:
-        """uint8 per-frame labels; raises for an abnormal video without frame annotation."""
-        if item.intervals is None:
-            raise DatasetError(
-                f"UCF-Crime: {item.name} is an abnormal training video with a video-level label only "
-                f"(frame labels exist for test videos)"
-            )
-        return intervals_to_frame_labels(item.intervals, num_frames, name=item.name)
-
-    def person_boxes(self, item: AnomalyVideo, num_frames: int) -> list[np.ndarray]:
-        """Ground-truth person boxes per frame (synthetic world only): ``boxes/<name>.npy``."""
-        return read_person_boxes(self.root / "boxes" / f"{item.name}.npy", num_frames)
 
     # ------------------------------------------------------------------ parsing
 

@@ -28,12 +28,10 @@ import numpy as np
 
 from .common import (
     AnomalyVideo,
-    DatasetAdapter,
+    AnomalyAdapter,
     DatasetError,
     OnError,
-    intervals_to_frame_labels,
     read_lines,
-    read_person_boxes,
 )
 
 Split = Literal["train", "test"]
@@ -69,9 +67,8 @@ def parse_xd_label(stem: str) -> tuple[int, str]:
     return 1, "+".join(XD_CATEGORIES[c] for c in codes)
 
 
-class XDViolence(DatasetAdapter):
+class XDViolence(AnomalyAdapter):
     dataset_name = "XD-Violence"
-    splits: tuple[str, ...] = ("train", "test")
 
     def __init__(
         self,
@@ -85,28 +82,6 @@ class XDViolence(DatasetAdapter):
         super().__init__(root, on_error=on_error)
         self.split_dirs = {"train": self.root / train_dir, "test": self.root / test_dir}
         self.annotation_path = self.root / annotation_file
-        self._cache: dict[str, list[AnomalyVideo]] = {}
-
-    def items(self, split: Split) -> list[AnomalyVideo]:
-        """Videos of the split folder, sorted by name."""
-        if split not in self.splits:
-            raise ValueError(f"XD-Violence split must be 'train' or 'test', got {split!r}")
-        if split not in self._cache:
-            self._cache[split] = self._parse(split)
-        return list(self._cache[split])
-
-    def frame_labels(self, item: AnomalyVideo, num_frames: int) -> np.ndarray:
-        """uint8 per-frame labels; raises for an abnormal video without frame annotation."""
-        if item.intervals is None:
-            raise DatasetError(
-                f"XD-Violence: {item.name} is an abnormal training video with a video-level label only "
-                f"(frame labels exist for test videos)"
-            )
-        return intervals_to_frame_labels(item.intervals, num_frames, name=item.name)
-
-    def person_boxes(self, item: AnomalyVideo, num_frames: int) -> list[np.ndarray]:
-        """Ground-truth person boxes per frame (synthetic world only): ``boxes/<name>.npy``."""
-        return read_person_boxes(self.root / "boxes" / f"{item.name}.npy", num_frames)
 
     # ------------------------------------------------------------------ parsing
 

@@ -1,0 +1,290 @@
+"""Every way the pipeline anonymizes a frame, behind one object the later stages share.
+
+The privacy evaluation (stage 2) and the feature extraction (stage 3) must apply *the same*
+transform for a method, or the trade-off plot compares different things. Both build it from
+an :class:`AnonymizerSection` of their config with :func:`build_frame_anonymizer`:
+
+==========  =====================================================================
+method      what happens
+==========  =====================================================================
+raw         nothing (the utility model sees the original pixels)
+unet        a trained fA (stage-1 checkpoint, model key ``anonymizer``)
+downsample  average-pool by ``factor`` then bilinear back up: the paper's 2x (112 px)
+            and 4x (56 px) baselines keep the model's input size
+blur        Gaussian blur (kernel 13, sigma 10 in the paper) inside person boxes
+blacken     person boxes set to black
+==========  =====================================================================
+
+Two phases, because they act at different resolutions:
+
+* :meth:`FrameAnonymizer.apply_boxes` works on frames at their *original* resolution, where
+  person boxes (ground truth or a detector's) are given in pixels; identity for methods
+  without boxes.
+* :attr:`FrameAnonymizer.model` is an ``nn.Module`` on frames at model resolution, after
+  the shared crop and resize: the UNet, the down/up sampler, or the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aux_code.checkpoint import file_digest
+from aux_code.config import ConfigError, opt, resolve_under
+from aux_code.models.anonymizer import IdentityAnonymizer
+
+__all__ = [
+    "AnonymizerSection",
+    "FrameAnonymizer",
+    "HOGPersonDetector",
+    "Downsample",
+    "build_frame_anonymizer",
+    "gaussian_kernel1d",
+    "blur_boxes",
+    "blacken_boxes",
+    "box_mask",
+]
+
+Method = Literal["raw", "unet", "downsample", "blur", "blacken"]
+
+
+@dataclass
+class AnonymizerSection:
+    """Which anonymization a stage applies before its model (raw, trained fA, or a baseline)."""
+
+    method: Method = opt("raw", "raw | unet (trained fA) | downsample | blur (person boxes) | blacken (person boxes).")
+    checkpoint: Optional[str] = opt(
+        None,
+        "method unet: stage-1 checkpoint holding the anonymizer, e.g. anonymization/tedspad/best.pt; "
+        "a relative path resolves under paths.runs.",
+    )
+    model_key: str = opt("anonymizer", "method unet: key of the anonymizer inside the checkpoint's 'models'.")
+    factor: int = opt(2, "method downsample: integer factor (2 = the paper's 112 px, 4 = 56 px at 224 input).")
+    blur_kernel: int = opt(13, "method blur: Gaussian kernel size in pixels (odd; 13 in the paper).")
+    blur_sigma: float = opt(10.0, "method blur: Gaussian sigma in pixels (10 in the paper).")
+    boxes: Literal["gt", "hog"] = opt(
+        "gt",
+        "methods blur/blacken: where person boxes come from: 'gt' (the dataset's ground-truth boxes; only the "
+        "synthetic world has them) or 'hog' (OpenCV's HOG people detector, for real data).",
+    )
+
+    def validate(self) -> None:
+        if self.method == "unet" and not self.checkpoint:
+            raise ConfigError("anonymizer.method = unet needs anonymizer.checkpoint (a stage-1 checkpoint)")
+        if self.method == "downsample" and self.factor < 2:
+            raise ConfigError(f"anonymizer.factor = {self.factor} must be >= 2 for method downsample")
+        if self.method == "blur" and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0 or self.blur_sigma <= 0):
+            raise ConfigError(
+                f"anonymizer.blur_kernel = {self.blur_kernel} must be odd and >= 1 and anonymizer.blur_sigma = "
+                f"{self.blur_sigma} > 0"
+            )
+
+
+class Downsample(nn.Module):
+    """(N, C, H, W) -> (N, C, H, W): average-pool by ``factor``, then bilinear back to H x W.
+
+    The information is that of an (H/factor) x (W/factor) image while every later model keeps
+    its input size, which is how the paper's Downsample-2x/4x baselines feed a 224 px I3D.
+    """
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"Downsample factor {factor} must be >= 1")
+        self.factor = int(factor)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.factor == 1:
+            return frames
+        h, w = frames.shape[-2:]
+        # ceil_mode keeps a last partial row/column instead of dropping it on odd sizes.
+        low = F.avg_pool2d(frames, self.factor, ceil_mode=True)
+        return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+def gaussian_kernel1d(kernel: int, sigma: float) -> torch.Tensor:
+    """Normalised 1D Gaussian taps, shape (kernel,)."""
+    x = torch.arange(kernel, dtype=torch.float64) - (kernel - 1) / 2
+    taps = torch.exp(-(x**2) / (2 * sigma**2))
+    return (taps / taps.sum()).float()
+
+
+def _gaussian_blur(frames: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with reflected borders (zero padding darkens edges)."""
+    taps = gaussian_kernel1d(kernel, sigma).to(frames)
+    c = frames.shape[1]
+    pad = kernel // 2
+    # Reflect padding needs pad < size; very small frames fall back to replicate.
+    mode = "reflect" if min(frames.shape[-2:]) > pad else "replicate"
+    x = F.pad(frames, (pad, pad, pad, pad), mode=mode)
+    x = F.conv2d(x, taps.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)
+    return F.conv2d(x, taps.view(1, 1, kernel, 1).expand(c, 1, kernel, 1), groups=c)
+
+
+def box_mask(boxes: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
+    """(N, 1, H, W) bool mask of the union of each frame's boxes (x0, y0, x1, y1; x1/y1 exclusive)."""
+    mask = torch.zeros(len(boxes), 1, height, width, dtype=torch.bool)
+    for i, frame_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in np.asarray(frame_boxes, dtype=np.int64).reshape(-1, 4):
+            x0, y0 = max(int(x0), 0), max(int(y0), 0)
+            x1, y1 = min(int(x1), width), min(int(y1), height)
+            if x1 > x0 and y1 > y0:
+                mask[i, 0, y0:y1, x0:x1] = True
+    return mask
+
+
+def _check_boxes(frames: torch.Tensor, boxes: Sequence[np.ndarray]) -> None:
+    if frames.dim() != 4:
+        raise ValueError(f"expected frames (N, C, H, W), got shape {tuple(frames.shape)}")
+    if len(boxes) != frames.shape[0]:
+        raise ValueError(f"got {len(boxes)} box lists for {frames.shape[0]} frames; expected one per frame")
+
+
+def blur_boxes(frames: torch.Tensor, boxes: Sequence[np.ndarray], *, kernel: int = 13, sigma: float = 10.0) -> torch.Tensor:
+    """Frames (N, C, H, W) with the inside of every person box Gaussian-blurred; the rest untouched."""
+    _check_boxes(frames, boxes)
+    mask = box_mask(boxes, *frames.shape[-2:]).to(frames.device)
+    if not mask.any():
+        return frames.clone()
+    return torch.where(mask, _gaussian_blur(frames, kernel, sigma), frames)
+
+
+def blacken_boxes(frames: torch.Tensor, boxes: Sequence[np.ndarray]) -> torch.Tensor:
+    """Frames (N, C, H, W) with every person box set to 0 (black)."""
+    _check_boxes(frames, boxes)
+    mask = box_mask(boxes, *frames.shape[-2:]).to(frames.device)
+    return frames.masked_fill(mask, 0.0)
+
+
+class HOGPersonDetector:
+    """OpenCV's default HOG + linear SVM people detector (Dalal & Triggs), the shipped default.
+
+    The detector's window is 64x128 px, so small frames are upscaled until their short side is
+    at least ``min_side`` before detection and the boxes are mapped back.
+    """
+
+    def __init__(self, *, min_side: int = 256, hit_threshold: float = 0.0) -> None:
+        try:
+            import cv2
+        except ImportError as e:  # pragma: no cover - cv2 is a core dependency
+            raise ImportError("the HOG person detector needs opencv-python-headless==4.14.0.94") from e
+        if not hasattr(cv2, "HOGDescriptor"):
+            raise ImportError("this OpenCV build has no HOGDescriptor; install opencv-python-headless==4.14.0.94")
+        self._cv2 = cv2
+        self._hog = cv2.HOGDescriptor()
+        self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.min_side = min_side
+        self.hit_threshold = hit_threshold
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> int32 (n, 4) boxes x0, y0, x1, y1 in the image's pixels."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"HOG detector expects an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        scale = max(1.0, self.min_side / min(h, w))
+        work = image
+        if scale > 1.0:
+            work = self._cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=self._cv2.INTER_LINEAR)
+        gray = self._cv2.cvtColor(work, self._cv2.COLOR_RGB2GRAY)
+        rects, _ = self._hog.detectMultiScale(gray, hitThreshold=self.hit_threshold, winStride=(8, 8), padding=(8, 8), scale=1.05)
+        if len(rects) == 0:
+            return np.zeros((0, 4), dtype=np.int32)
+        rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+        x0, y0 = rects[:, 0] / scale, rects[:, 1] / scale
+        x1, y1 = (rects[:, 0] + rects[:, 2]) / scale, (rects[:, 1] + rects[:, 3]) / scale
+        out = np.stack([np.floor(x0), np.floor(y0), np.ceil(x1), np.ceil(y1)], axis=1)
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+        return out.astype(np.int32)
+
+
+class FrameAnonymizer:
+    """One anonymization method, ready to apply (see the module docstring for the two phases)."""
+
+    def __init__(self, section: AnonymizerSection, model: nn.Module, description: dict) -> None:
+        self.section = section
+        self.method = section.method
+        self.model = model.eval()
+        self._description = description
+        self._detector: HOGPersonDetector | None = None
+
+    @property
+    def needs_boxes(self) -> bool:
+        return self.method in ("blur", "blacken")
+
+    @property
+    def box_source(self) -> str | None:
+        """'gt' or 'hog' for box methods, None otherwise."""
+        return self.section.boxes if self.needs_boxes else None
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        """Person boxes of one RGB uint8 (H, W, 3) image with the HOG detector, int32 (n, 4)."""
+        if self._detector is None:
+            self._detector = HOGPersonDetector()
+        return self._detector(image)
+
+    def apply_boxes(self, frames: torch.Tensor, boxes: Sequence[np.ndarray] | None) -> torch.Tensor:
+        """Original-resolution frames (N, C, H, W) in [0, 1] -> the same with boxes blurred/blackened.
+
+        ``boxes``: one int (n_i, 4) array per frame (x0, y0, x1, y1); ignored (may be None) for
+        methods without boxes.
+        """
+        if not self.needs_boxes:
+            return frames
+        if boxes is None:
+            raise ValueError(f"anonymizer method {self.method!r} needs person boxes for every frame; got none")
+        if self.method == "blur":
+            return blur_boxes(frames, boxes, kernel=self.section.blur_kernel, sigma=self.section.blur_sigma)
+        return blacken_boxes(frames, boxes)
+
+    def to(self, device: torch.device | str) -> "FrameAnonymizer":
+        self.model.to(device)
+        return self
+
+    def describe(self) -> dict:
+        """Plain data naming exactly this transform (method, parameters, checkpoint digest)."""
+        return dict(self._description)
+
+    def __repr__(self) -> str:
+        return f"FrameAnonymizer({self._description})"
+
+
+def build_frame_anonymizer(
+    section: AnonymizerSection, *, runs_root: str | Path, device: torch.device | str = "cpu"
+) -> FrameAnonymizer:
+    """The anonymizer a config section describes; a unet checkpoint is loaded strictly.
+
+    ``runs_root``: ``paths.runs``, against which a relative checkpoint path resolves.
+    """
+    section.validate()
+    method = section.method
+    description: dict = {"method": method}
+    model: nn.Module
+    if method == "unet":
+        from aux_code.models.stored import load_stored_model
+
+        path = resolve_under(runs_root, section.checkpoint)
+        model, spec = load_stored_model(path, section.model_key, config_key="anonymizer.checkpoint")
+        description.update(checkpoint=str(section.checkpoint), model_key=section.model_key, digest=file_digest(path), spec=spec)
+    elif method == "downsample":
+        model = Downsample(section.factor)
+        description.update(factor=section.factor)
+    else:
+        model = IdentityAnonymizer()
+        if method == "blur":
+            description.update(blur_kernel=section.blur_kernel, blur_sigma=section.blur_sigma, boxes=section.boxes)
+        elif method == "blacken":
+            description.update(boxes=section.boxes)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return FrameAnonymizer(section, model.to(device), description)
+

@@ -1,0 +1,527 @@
+"""Run the whole pipeline for every method; print the paper's tables; draw the trade-off plot.
+
+    python -m scripts.reproduce                                   # the synthetic world
+    python -m scripts.reproduce --config configs/reproduce/ucf_crime.yaml    # real data
+    python -m scripts.reproduce sweeps=[omega,mu] key=value ...
+
+For each method (raw, downsample 2x/4x, blur, blacken, SPAct, TeD-SPAD, and the ablation
+variants a sweep adds) the script runs, in order: anonymizer training where the method has
+one (stage 1), the privacy evaluation (stage 2), feature extraction (stage 3) and MGFN
+(stage 4). Every step is a normal stage run, started through the stage's own CLI entry with
+the stage config file named in this config plus a few overrides, so whatever it does can be
+rerun by hand from the command printed before it.
+
+Reuse: a step's *fingerprint* hashes its resolved config together with the fingerprints of
+the steps it reads. A run directory whose ``reproduce.json`` holds the same fingerprint and
+``done`` is reused; the same fingerprint without ``done`` (an interrupted run) resumes from
+its last checkpoint; a different fingerprint (changed config or retrained input) moves the
+old directory aside and runs afresh. A failed step is reported, the steps that need it are
+skipped, the others still run, and the exit status is non-zero.
+
+Outputs, in ``<paths.results>/reproduce/<run.name>/``: ``tables.md`` (the paper's Tables 1-5
+layout, with "privacy reduction %" and "relative AUC change %" against raw), ``tradeoff.png``
+(Fig. 3: privacy cMAP vs anomaly AUC, one point per method, raw marked) and ``summary.json``
+(every figure, with the fingerprint and config hash that produced it, and step times).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from aux_code.checkpoint import atomic_write
+from aux_code.config import ConfigError, PathsConfig, RunConfig, config_hash, load_config, opt, parse_cli, resolve_under, to_dict
+from aux_code.runtime import run_dir_for
+from aux_code.stages import STAGES, schema_for_stage
+
+PROG = "python -m scripts.reproduce"
+DEFAULT_CONFIG = "configs/synthetic/reproduce/default.yaml"
+MARKER = "reproduce.json"
+
+# Baselines apply a fixed transform; the learned methods train fA first (minimax overrides).
+BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "raw": ("Raw (no anonymization)", ("anonymizer.method=raw",)),
+    "downsample2x": ("Downsample-2x", ("anonymizer.method=downsample", "anonymizer.factor=2")),
+    "downsample4x": ("Downsample-4x", ("anonymizer.method=downsample", "anonymizer.factor=4")),
+    "blur": ("Blurring (people)", ("anonymizer.method=blur",)),
+    "blacken": ("Blackening (people)", ("anonymizer.method=blacken",)),
+}
+LEARNED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "spact": ("SPAct (CE)", ("loss.method=spact",)),
+    "tedspad": ("TeD-SPAD (CE + L_D)", ("loss.method=tedspad",)),
+    "temporal_invariance": ("CE + L_I", ("loss.method=temporal_invariance",)),
+}
+SWEEPS = ("utility_loss", "omega", "mu", "negative_distance")
+
+
+@dataclass
+class StageFiles:
+    """The stage config file each kind of step starts from (paths relative to the project root)."""
+
+    utility: str = opt("configs/synthetic/anonymization/utility_pretrain.yaml", "Stage 1, task utility_pretrain: fT on the proxy action set.")
+    identity: str = opt("configs/synthetic/anonymization/identity.yaml", "Stage 1, task identity: fA initialised as the identity.")
+    budget: str = opt("configs/synthetic/anonymization/budget_ssl.yaml", "Stage 1, task budget_ssl: fB's self-supervised init.")
+    minimax: str = opt("configs/synthetic/anonymization/tedspad.yaml", "Stage 1, task minimax; the method and ablation values are overridden per method.")
+    privacy: str = opt("configs/synthetic/privacy/default.yaml", "Stage 2: target model on anonymized privacy images; anonymizer overridden per method.")
+    probe: str = opt("configs/synthetic/privacy/probe.yaml", "Stage 2, feature-level probe (Table 1).")
+    extraction: str = opt("configs/synthetic/extraction/default.yaml", "Stage 3: features of the anomaly dataset; anonymizer and utility overridden per method.")
+    anomaly: str = opt("configs/synthetic/anomaly/default.yaml", "Stage 4: MGFN on the features.")
+
+
+@dataclass
+class StageOverrides:
+    """Extra key=value overrides given to every run of a stage (e.g. fewer epochs for a smoke test)."""
+
+    anonymization: list[str] = opt([], "Overrides for every stage-1 run.")
+    privacy: list[str] = opt([], "Overrides for every stage-2 run (target model and probe).")
+    extraction: list[str] = opt([], "Overrides for every stage-3 run.")
+    anomaly: list[str] = opt([], "Overrides for every stage-4 run.")
+
+
+@dataclass
+class SweepSection:
+    """The paper's ablations (Tables 2-5); each multiplies the run time, so none runs by default."""
+
+    run: list[str] = opt([], "Which sweeps to run: any of utility_loss (Table 2), omega (Table 3), mu (Table 4), negative_distance (Table 5).")
+    omega: list[float] = opt([0.0, 0.01, 0.1, 1.0, 10.0], "Triplet weights of Table 3.")
+    mu: list[float] = opt([0.5, 1.0, 2.0], "Triplet margins of Table 4.")
+    negative_distance: list[str] = opt(["random", "8", "32"], "Negative-clip distances of Table 5: 'random' or a number of raw frames.")
+
+
+@dataclass
+class ReproduceConfig:
+    """The whole pipeline for every method, then the paper's tables and trade-off plot."""
+
+    paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
+    run: RunConfig = opt(RunConfig(), "run.name names the results folder; run.device and run.seed are passed to every stage.")
+    dataset: str = opt("ucf_crime", "Anomaly dataset the features are extracted from (its stage-3/4 configs must read it).")
+    methods: list[str] = opt(
+        ["raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad"],
+        "Methods of the trade-off plot: raw, downsample2x, downsample4x, blur, blacken, spact, tedspad, temporal_invariance.",
+    )
+    feature_probe: bool = opt(True, "Run the feature-level probe of Table 1 on the utility features of raw and of each learned method in `methods`.")
+    sweeps: SweepSection = opt(SweepSection(), "Ablation sweeps.")
+    stages: StageFiles = opt(StageFiles(), "Stage config files.")
+    overrides: StageOverrides = opt(StageOverrides(), "Per-stage extra overrides.")
+
+    def required_paths(self) -> list[str]:
+        return []  # each stage checks its own inputs when it loads its config
+
+    def validate(self) -> None:
+        known = set(BASELINES) | set(LEARNED)
+        for m in self.methods:
+            if m not in known:
+                raise ConfigError(f"methods: unknown method {m!r}; known: {', '.join(sorted(known))}")
+        if "raw" not in self.methods:
+            raise ConfigError("methods must include 'raw': privacy reduction and AUC change are measured against it")
+        for s in self.sweeps.run:
+            if s not in SWEEPS:
+                raise ConfigError(f"sweeps.run: unknown sweep {s!r}; known: {', '.join(SWEEPS)}")
+        for d in self.sweeps.negative_distance:
+            if d != "random" and not str(d).isdigit():
+                raise ConfigError(f"sweeps.negative_distance: {d!r} must be 'random' or a whole number of raw frames")
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage run: ``python -m <stage package> --config <config> run.name=<name> <overrides>``."""
+
+    stage: str
+    config: str
+    name: str
+    overrides: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.stage}/{self.name}"
+
+    def argv(self) -> list[str]:
+        return ["--config", self.config, f"run.name={self.name}", *self.overrides]
+
+    def command(self) -> str:
+        return " ".join(["python -m", STAGES[self.stage][2], *self.argv()])
+
+
+@dataclass(frozen=True)
+class Point:
+    """One row of a table: a method (or ablation variant) and the steps that give its numbers."""
+
+    method: str
+    label: str
+    privacy: str  # step keys
+    anomaly: str
+
+
+@dataclass
+class Plan:
+    steps: dict[str, Step] = field(default_factory=dict)
+    points: dict[str, Point] = field(default_factory=dict)
+    probes: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (step key, method)
+    tables: dict[str, list[str]] = field(default_factory=dict)  # table id -> point names
+
+    def add(self, step: Step) -> str:
+        if step.key in self.steps and self.steps[step.key] != step:
+            raise ValueError(f"two different steps want the run {step.key}")
+        self.steps[step.key] = step
+        return step.key
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def build_plan(cfg: ReproduceConfig) -> Plan:
+    """Every step and table row the config asks for, each step once, in a runnable order."""
+    plan = Plan()
+    files, extra = cfg.stages, cfg.overrides
+    common = (f"run.device={cfg.run.device}", f"run.seed={cfg.run.seed}")
+    anon = lambda *o: (*common, *extra.anonymization, *o)  # noqa: E731
+
+    utility = plan.add(Step("anonymization", files.utility, "utility", anon()))
+    init: tuple[str, ...] = ()
+
+    def learned_init() -> tuple[str, ...]:
+        nonlocal init
+        if not init:
+            identity = plan.add(Step("anonymization", files.identity, "identity", anon()))
+            budget = plan.add(Step("anonymization", files.budget, "budget", anon()))
+            init = (utility, identity, budget)
+        return init
+
+    def point(name: str, label: str, anonymizer: tuple[str, ...], minimax: tuple[str, ...] | None) -> str:
+        if minimax is None:
+            anon_overrides, utility_ckpt, needs = anonymizer, "anonymization/utility/best.pt", (utility,)
+        else:
+            trained = plan.add(Step("anonymization", files.minimax, name, anon(*minimax), learned_init()))
+            ckpt = f"anonymization/{name}/best.pt"
+            anon_overrides, utility_ckpt, needs = ("anonymizer.method=unet", f"anonymizer.checkpoint={ckpt}"), ckpt, (trained,)
+        privacy = plan.add(Step("privacy", files.privacy, name, (*common, *extra.privacy, *anon_overrides), needs))
+        run = f"{cfg.dataset}-{name}"
+        features = plan.add(
+            Step(
+                "extraction", files.extraction, run,
+                (*common, *extra.extraction, *anon_overrides, f"utility.checkpoint={utility_ckpt}"), needs,
+            )
+        )
+        anomaly = plan.add(Step("anomaly", files.anomaly, run, (*common, *extra.anomaly, f"data.features=extraction/{run}"), (features,)))
+        plan.points[name] = Point(name, label, privacy, anomaly)
+        return name
+
+    main = []
+    for m in cfg.methods:
+        if m in BASELINES:
+            main.append(point(m, BASELINES[m][0], BASELINES[m][1], None))
+        else:
+            main.append(point(m, LEARNED[m][0], (), LEARNED[m][1]))
+    plan.tables["main"] = main
+
+    if cfg.feature_probe:
+        # Table 1: the raw utility model's features, then those of each learned method run here.
+        rows = [("raw", "Raw: action-pretrained I3D (the Kinetics analogue)", "anonymization/utility/best.pt")]
+        rows += [(m, LEARNED[m][0], f"anonymization/{m}/best.pt") for m in cfg.methods if m in LEARNED]
+        for method, label, ckpt in rows:
+            if method == "raw":
+                needs, anon_overrides = (utility,), ("anonymizer.method=raw",)
+            else:
+                needs, anon_overrides = (f"anonymization/{method}",), ("anonymizer.method=unet", f"anonymizer.checkpoint={ckpt}")
+            key = plan.add(
+                Step("privacy", files.probe, f"probe-{method}", (*common, *extra.privacy, *anon_overrides, f"probe.checkpoint={ckpt}"), needs)
+            )
+            plan.probes[label] = (key, method)
+
+    sweeps = set(cfg.sweeps.run)
+    if "utility_loss" in sweeps:
+        plan.tables["utility_loss"] = [
+            point(m, LEARNED[m][0], (), LEARNED[m][1]) if m not in plan.points else m
+            for m in ("spact", "tedspad", "temporal_invariance")
+        ]
+    if "omega" in sweeps:
+        plan.tables["omega"] = [
+            point(f"tedspad-omega{_fmt(w)}", f"omega = {_fmt(w)}", (), ("loss.method=tedspad", f"loss.omega={w}"))
+            for w in cfg.sweeps.omega
+        ]
+    if "mu" in sweeps:
+        plan.tables["mu"] = [
+            point(f"tedspad-mu{_fmt(m)}", f"mu = {_fmt(m)}", (), ("loss.method=tedspad", f"loss.margin={m}"))
+            for m in cfg.sweeps.mu
+        ]
+    if "negative_distance" in sweeps:
+        plan.tables["negative_distance"] = [
+            point(
+                f"tedspad-neg{d}", f"negative distance = {d}", (),
+                ("loss.method=tedspad", f"loss.negative_distance={'null' if d == 'random' else d}"),
+            )
+            for d in cfg.sweeps.negative_distance
+        ]
+    return plan
+
+
+# --------------------------------------------------------------------------- running
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def _load_step_config(step: Step) -> Any:
+    return load_config(schema_for_stage(step.stage), step.config, list(step.argv()[2:]))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=1, sort_keys=True, default=str) + "\n").encode()))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def launch(step: Step) -> int:
+    """Run one step in this process through its stage's CLI entry; returns the exit status."""
+    return importlib.import_module(f"{STAGES[step.stage][2]}.__main__").main(step.argv())
+
+
+def run_step(step: Step, fingerprint: str, run_dir: Path, *, launcher=launch) -> tuple[str, float]:
+    """Run (or reuse) one step; returns ('reused' | 'ran', seconds). Raises StepFailed."""
+    marker = _read_json(run_dir / MARKER)
+    if marker and marker.get("fingerprint") == fingerprint and marker.get("done") and (run_dir / "results.json").is_file():
+        return "reused", 0.0
+    if marker and marker.get("fingerprint") != fingerprint and run_dir.exists():
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{marker.get('fingerprint', 'unknown')}")
+        shutil.rmtree(stale, ignore_errors=True)
+        run_dir.rename(stale)
+        print(f"  (inputs or config changed: previous run moved to {stale})", flush=True)
+    elif not marker and run_dir.exists() and any(run_dir.iterdir()):
+        # A run made by hand with unknown inputs: keep it, but do not trust it.
+        stale = run_dir.with_name(f"{run_dir.name}.stale-manual")
+        shutil.rmtree(stale, ignore_errors=True)
+        run_dir.rename(stale)
+        print(f"  (run directory was not made by this script: moved to {stale})", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": False, "command": step.command()})
+    start = time.perf_counter()
+    rc = launcher(step)
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        raise StepFailed(f"{step.key} exited with status {rc}")
+    if not (run_dir / "results.json").is_file():
+        raise StepFailed(f"{step.key} finished without writing {run_dir / 'results.json'}")
+    _write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": True, "command": step.command(), "seconds": round(seconds, 2)})
+    return "ran", seconds
+
+
+def execute(plan: Plan, *, launcher=launch) -> dict[str, dict]:
+    """Run every step in order; returns per step: status, fingerprint, config hash, results."""
+    done: dict[str, dict] = {}
+    for i, step in enumerate(plan.steps.values(), 1):
+        blocked = [n for n in step.needs if done.get(n, {}).get("status") not in ("ran", "reused")]
+        if blocked:
+            done[step.key] = {"status": "skipped", "reason": f"needs {', '.join(blocked)}"}
+            print(f"[{i}/{len(plan.steps)}] {step.key}: skipped (needs {', '.join(blocked)})", flush=True)
+            continue
+        try:
+            step_cfg = _load_step_config(step)
+        except ConfigError as e:
+            done[step.key] = {"status": "failed", "reason": f"config: {e}"}
+            print(f"[{i}/{len(plan.steps)}] {step.key}: config error: {e}", flush=True)
+            continue
+        chash = config_hash(step_cfg)
+        fingerprint = config_hash({"config": to_dict(step_cfg), "inputs": [done[n]["fingerprint"] for n in step.needs]})
+        run_dir = run_dir_for(step_cfg.paths.runs, step.stage, step.name)
+        print(f"[{i}/{len(plan.steps)}] {step.key}: {step.command()}", flush=True)
+        try:
+            status, seconds = run_step(step, fingerprint, run_dir, launcher=launcher)
+        except StepFailed as e:
+            done[step.key] = {"status": "failed", "reason": str(e), "fingerprint": fingerprint}
+            print(f"  FAILED: {e}", flush=True)
+            continue
+        except Exception as e:  # a crash inside a stage: report it, run the independent rest
+            done[step.key] = {"status": "failed", "reason": f"{type(e).__name__}: {e}", "fingerprint": fingerprint}
+            print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
+            continue
+        if status == "reused":
+            print("  reused (same fingerprint, finished)", flush=True)
+        else:
+            print(f"  done in {seconds:.1f} s", flush=True)
+        done[step.key] = {
+            "status": status, "seconds": round(seconds, 2), "fingerprint": fingerprint, "config_hash": chash,
+            "run_dir": str(run_dir), "command": step.command(),
+            "results": _read_json(run_dir / "results.json"),
+        }
+    return done
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def privacy_cmap(results: dict) -> float:
+    """Test cMAP (fraction) of a stage-2 run's results.json."""
+    return float(results["test"]["cmap"])
+
+
+def anomaly_value(results: dict) -> tuple[str, float]:
+    """(metric name, fraction) of a stage-4 run's headline test metric."""
+    head = results["test"]["headline"]
+    return str(head["metric"]), float(head["value"])
+
+
+def collect(plan: Plan, done: dict[str, dict]) -> dict:
+    """Every figure of every point and probe; None where a step did not finish."""
+
+    def res(key: str) -> dict | None:
+        d = done.get(key, {})
+        return d.get("results") if d.get("status") in ("ran", "reused") else None
+
+    points = {}
+    for name, p in plan.points.items():
+        pr, an = res(p.privacy), res(p.anomaly)
+        metric, value = anomaly_value(an) if an else (None, None)
+        points[name] = {
+            "label": p.label,
+            "cmap": privacy_cmap(pr) if pr else None,
+            "anomaly_metric": metric,
+            "anomaly": value,
+            "privacy_step": p.privacy,
+            "anomaly_step": p.anomaly,
+        }
+    raw = points.get("raw", {})
+    for pt in points.values():
+        pt["privacy_reduction_pct"] = _relative(pt["cmap"], raw.get("cmap"), reduction=True)
+        pt["anomaly_change_pct"] = _relative(pt["anomaly"], raw.get("anomaly"), reduction=False)
+    probes = {}
+    for label, (key, method) in plan.probes.items():
+        pr = res(key)
+        probes[label] = {"method": method, "cmap": privacy_cmap(pr) if pr else None, "step": key}
+    return {"points": points, "probes": probes, "tables": plan.tables}
+
+
+def _relative(value: float | None, ref: float | None, *, reduction: bool) -> float | None:
+    if value is None or ref is None or ref == 0:
+        return None
+    change = 100.0 * (value - ref) / ref
+    return -change if reduction else change
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100.0 * x:.2f}"
+
+
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
+TABLE_TITLES = {
+    "main": "Privacy-utility trade-off (Fig. 3; baselines of Tables 2-5)",
+    "utility_loss": "Table 2: utility loss (CE = SPAct, CE + L_D = TeD-SPAD, CE + L_I = temporal invariance)",
+    "omega": "Table 3: weight omega of the temporal-distinctive triplet loss",
+    "mu": "Table 4: triplet margin mu",
+    "negative_distance": "Table 5: distance of the negative clip",
+}
+
+
+def render_tables(summary: dict) -> str:
+    points = summary["points"]
+    metric = next((p["anomaly_metric"] for p in points.values() if p["anomaly_metric"]), "auc").upper()
+    out = []
+    if summary["probes"]:
+        out += [
+            "### Table 1: feature-level privacy leakage (probe on utility features of privacy images stacked 16x)",
+            "",
+            "| features | probe cMAP (%) |",
+            "|---|---|",
+        ]
+        out += [f"| {label} | {_pct(p['cmap'])} |" for label, p in summary["probes"].items()]
+        out.append("")
+    for table, names in summary["tables"].items():
+        out += [
+            f"### {TABLE_TITLES[table]}",
+            "",
+            f"| method | privacy cMAP (%) | privacy reduction % | anomaly {metric} (%) | relative {metric} change % |",
+            "|---|---|---|---|---|",
+        ]
+        for name in names:
+            p = points[name]
+            out.append(
+                f"| {p['label']} | {_pct(p['cmap'])} | {_signed(p['privacy_reduction_pct'])} | "
+                f"{_pct(p['anomaly'])} | {_signed(p['anomaly_change_pct'])} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def draw_tradeoff(summary: dict, path: Path) -> None:
+    """Fig. 3: privacy cMAP (x, lower is more private) vs anomaly metric (y), raw marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in summary["tables"]["main"] if summary["points"][n]["cmap"] is not None and summary["points"][n]["anomaly"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for n in names:
+        p = summary["points"][n]
+        x, y = 100 * p["cmap"], 100 * p["anomaly"]
+        raw = n == "raw"
+        ax.scatter([x], [y], marker="*" if raw else "o", s=160 if raw else 50, color="black" if raw else None, zorder=3)
+        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    metric = next((summary["points"][n]["anomaly_metric"] for n in names), "auc") or "auc"
+    ax.set_xlabel("privacy leakage: cMAP of the target model (%)  (lower = more private)")
+    ax.set_ylabel(f"anomaly detection: frame {metric.upper()} (%)")
+    ax.set_title("Privacy-utility trade-off (raw = star)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def run(cfg: ReproduceConfig, *, launcher=launch) -> int:
+    """Runs the plan and writes the outputs; returns the number of failed or skipped steps."""
+    plan = build_plan(cfg)
+    out_dir = resolve_under(cfg.paths.results, Path("reproduce") / cfg.run.name)
+    print(f"{len(plan.steps)} stage runs for {len(plan.points)} methods; results in {out_dir}", flush=True)
+    start = time.perf_counter()
+    done = execute(plan, launcher=launcher)
+    summary = collect(plan, done)
+    summary.update(
+        config_hash=config_hash(cfg),
+        dataset=cfg.dataset,
+        wall_seconds=round(time.perf_counter() - start, 1),
+        steps=done,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = render_tables(summary)
+    atomic_write(out_dir / "tables.md", lambda f: f.write((tables + "\n").encode()))
+    draw_tradeoff(summary, out_dir / "tradeoff.png")
+    _write_json(out_dir / "summary.json", summary)
+    print("\n" + tables)
+    bad = {k: d for k, d in done.items() if d["status"] in ("failed", "skipped")}
+    for k, d in bad.items():
+        print(f"{k}: {d['status']}: {d['reason']}", file=sys.stderr)
+    print(f"wrote {out_dir / 'tables.md'}, {out_dir / 'tradeoff.png'}, {out_dir / 'summary.json'} "
+          f"({summary['wall_seconds']:.0f} s)", flush=True)
+    return len(bad)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_cli(ReproduceConfig, argv, default_config=DEFAULT_CONFIG, prog=PROG)
+    return 1 if run(cfg) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""The reproduce script: its plan, reuse of finished steps, tables, plot, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aux_code.config import load_config
+from scripts import reproduce
+from scripts.reproduce import ReproduceConfig, build_plan
+
+CONFIG = "configs/synthetic/reproduce/default.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory):
+    """A tiny world and a paths file pointing every root at it (runs/results in the tmp dir)."""
+    from aux_code.synthetic import generate_world
+
+    root = tmp_path_factory.mktemp("reproduce")
+    world = root / "world"
+    generate_world(world, size="tiny", seed=0)
+    paths = root / "paths.yaml"
+    paths.write_text(
+        "\n".join(
+            [
+                f"ucf101: {world / 'UCF101'}",
+                f"vispr: {world / 'VISPR'}",
+                f"ucf_crime: {world / 'UCF_Crime'}",
+                f"xd_violence: {world / 'XD_Violence'}",
+                f"shanghaitech: {world / 'ShanghaiTech'}",
+                f"synthetic: {world}",
+                f"weights: {root / 'weights'}",
+                f"runs: {root / 'runs'}",
+                f"results: {root / 'results'}",
+            ]
+        )
+        + "\n"
+    )
+    return paths
+
+
+def _cfg(overrides=()):
+    return load_config(ReproduceConfig, CONFIG, list(overrides), check_paths=False)
+
+
+def test_plan_runs_each_shared_step_once_in_dependency_order():
+    plan = build_plan(_cfg())
+    keys = list(plan.steps)
+    assert len(keys) == len(set(keys))
+    for i, step in enumerate(plan.steps.values()):
+        for need in step.needs:
+            assert keys.index(need) < i, f"{step.key} runs before its input {need}"
+    assert keys.count("anonymization/utility") == 1 and "anonymization/identity" in keys
+    assert set(plan.tables["main"]) == {"raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad"}
+    # TeD-SPAD's privacy and extraction read its own anonymizer; raw's extraction the pretrained fT.
+    assert "anonymizer.checkpoint=anonymization/tedspad/best.pt" in plan.steps["privacy/tedspad"].overrides
+    assert "utility.checkpoint=anonymization/tedspad/best.pt" in plan.steps["extraction/ucf_crime-tedspad"].overrides
+    assert "utility.checkpoint=anonymization/utility/best.pt" in plan.steps["extraction/ucf_crime-raw"].overrides
+    assert plan.steps["anomaly/ucf_crime-blur"].needs == ("extraction/ucf_crime-blur",)
+    assert set(plan.probes.values()) == {("privacy/probe-raw", "raw"), ("privacy/probe-spact", "spact"), ("privacy/probe-tedspad", "tedspad")}
+
+
+def test_sweeps_add_their_variants_and_tables():
+    plan = build_plan(_cfg(["sweeps.run=[omega,negative_distance,utility_loss]", "sweeps.omega=[0,1]"]))
+    assert plan.tables["omega"] == ["tedspad-omega0", "tedspad-omega1"]
+    assert "loss.omega=1.0" in plan.steps["anonymization/tedspad-omega1"].overrides
+    assert plan.tables["negative_distance"] == ["tedspad-negrandom", "tedspad-neg8", "tedspad-neg32"]
+    assert plan.tables["utility_loss"] == ["spact", "tedspad", "temporal_invariance"]
+    assert "loss.method=temporal_invariance" in plan.steps["anonymization/temporal_invariance"].overrides
+    assert "mu" not in plan.tables
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("methods=[downsample2x]", "must include 'raw'"), ("methods=[raw,magic]", "unknown method 'magic'"), ("sweeps.run=[lr]", "unknown sweep")],
+)
+def test_bad_plans_are_config_errors(override, message):
+    from aux_code.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _cfg([override])
+
+
+def _fake_results(stage: str, name: str) -> dict:
+    """What the stages' results.json hold, with numbers that depend on the method."""
+    hidden = {"raw": 0.0, "tedspad": 0.3}.get(name.split("-")[-1], 0.1)
+    if stage == "privacy":
+        return {"test": {"cmap": 0.8 - hidden}}
+    if stage == "anomaly":
+        return {"test": {"headline": {"metric": "auc", "value": 0.9 - hidden / 10}}}
+    return {}
+
+
+def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
+    monkeypatch.setenv("TEDSPAD_PATHS", str(tiny_paths))
+    runs = tiny_paths.parent / "runs"
+    launched: list[str] = []
+    fail = {"privacy/blur"}
+
+    def launcher(step):
+        launched.append(step.key)
+        if step.key in fail:
+            return 2
+        d = runs / step.stage / step.name
+        (d / "results.json").write_text(json.dumps(_fake_results(step.stage, step.name)))
+        return 0
+
+    cfg = _cfg(["methods=[raw,blur,tedspad]", "run.name=fake"])
+    bad = reproduce.run(cfg, launcher=launcher)
+    assert bad == 1  # privacy/blur failed; nothing needs it, so nothing else is skipped
+    out = tiny_paths.parent / "results" / "reproduce" / "fake"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["points"]["tedspad"]["cmap"] == pytest.approx(0.5)
+    assert summary["points"]["tedspad"]["privacy_reduction_pct"] == pytest.approx(37.5)
+    assert summary["points"]["tedspad"]["anomaly_change_pct"] == pytest.approx(100 * (0.87 - 0.9) / 0.9)
+    assert summary["points"]["blur"]["cmap"] is None and summary["steps"]["privacy/blur"]["status"] == "failed"
+    tables = (out / "tables.md").read_text()
+    assert "| TeD-SPAD (CE + L_D) | 50.00 | +37.50 | 87.00 | -3.33 |" in tables
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Second run: finished steps are reused, only the failed one is retried.
+    launched.clear()
+    fail.clear()
+    assert reproduce.run(cfg, launcher=launcher) == 0
+    assert launched == ["privacy/blur"]
+
+    # A changed upstream config reruns that step and everything that reads it, not the rest.
+    launched.clear()
+    cfg2 = _cfg(["methods=[raw,blur,tedspad]", "run.name=fake", "overrides.extraction=[run.log_every=7]"])
+    reproduce.run(cfg2, launcher=launcher)
+    assert sorted(launched) == sorted(k for k in build_plan(cfg2).steps if k.split("/")[0] in ("extraction", "anomaly"))
+    assert any(p.name.startswith("ucf_crime-raw.stale-") for p in (runs / "extraction").iterdir())
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_tiny_world(tiny_paths, monkeypatch):
+    """The real stages, two methods, one epoch each: every table, the plot and the summary exist."""
+    monkeypatch.setenv("TEDSPAD_PATHS", str(tiny_paths))
+    overrides = [
+        "methods=[raw,tedspad]",
+        "run.name=tiny",
+        "run.device=cpu",
+    ] + reproduce.SMOKE_OVERRIDES
+    cfg = _cfg(overrides)
+    assert reproduce.run(cfg) == 0
+    out = tiny_paths.parent / "results" / "reproduce" / "tiny"
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("raw", "tedspad"):
+        point = summary["points"][name]
+        assert 0.0 <= point["cmap"] <= 1.0 and 0.0 <= point["anomaly"] <= 1.0
+    assert all(p["cmap"] is not None for p in summary["probes"].values())
+    tables = (out / "tables.md").read_text()
+    assert "Table 1" in tables and "Privacy-utility trade-off" in tables
+    assert (out / "tradeoff.png").stat().st_size > 1000

@@ -210,6 +210,9 @@ def _coerce(value: Any, tp: Any, key: str, origins: dict) -> Any:
         return ConfigError(msg or f"{key} = {shown} (from {where}) must be {_type_name(tp)}")
 
     if isinstance(value, _RawOverride):
+        # key=null clears an optional field, string-typed ones included.
+        if origin in (typing.Union, types.UnionType) and type(None) in args and str(value) in ("null", "~"):
+            return None
         if tp is str or (origin in (typing.Union, types.UnionType) and str in args):
             return str(value)
         try:

@@ -106,6 +106,12 @@ class ReproduceConfig:
         ["raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad"],
         "Methods of the trade-off plot: raw, downsample2x, downsample4x, blur, blacken, spact, tedspad, temporal_invariance.",
     )
+    baseline_utility: Optional[str] = opt(
+        "anonymization/utility/best.pt",
+        "fT of the baselines (raw, downsample, blur, blacken) and of the raw probe: the stage-1 utility run "
+        "(the synthetic world's stand-in for Kinetics weights). null: keep the utility model the stage-3 and "
+        "probe configs name (on real data, the Kinetics-400 weights file), as the paper does.",
+    )
     feature_probe: bool = opt(True, "Run the feature-level probe of Table 1 on the utility features of raw and of each learned method in `methods`.")
     sweeps: SweepSection = opt(SweepSection(), "Ablation sweeps.")
     stages: StageFiles = opt(StageFiles(), "Stage config files.")
@@ -188,20 +194,20 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
     common = (f"run.device={cfg.run.device}", f"run.seed={cfg.run.seed}")
     anon = lambda *o: (*common, *extra.anonymization, *o)  # noqa: E731
 
-    utility = plan.add(Step("anonymization", files.utility, "utility", anon()))
-    init: tuple[str, ...] = ()
+    pretrained = "anonymization/utility/best.pt"
+
+    def utility() -> str:
+        return plan.add(Step("anonymization", files.utility, "utility", anon()))
 
     def learned_init() -> tuple[str, ...]:
-        nonlocal init
-        if not init:
-            identity = plan.add(Step("anonymization", files.identity, "identity", anon()))
-            budget = plan.add(Step("anonymization", files.budget, "budget", anon()))
-            init = (utility, identity, budget)
-        return init
+        identity = plan.add(Step("anonymization", files.identity, "identity", anon()))
+        budget = plan.add(Step("anonymization", files.budget, "budget", anon()))
+        return (utility(), identity, budget)
 
     def point(name: str, label: str, anonymizer: tuple[str, ...], minimax: tuple[str, ...] | None) -> str:
         if minimax is None:
-            anon_overrides, utility_ckpt, needs = anonymizer, "anonymization/utility/best.pt", (utility,)
+            anon_overrides, utility_ckpt = anonymizer, cfg.baseline_utility
+            needs = (utility(),) if utility_ckpt == pretrained else ()
         else:
             trained = plan.add(Step("anonymization", files.minimax, name, anon(*minimax), learned_init()))
             ckpt = f"anonymization/{name}/best.pt"
@@ -211,7 +217,7 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
         features = plan.add(
             Step(
                 "extraction", files.extraction, run,
-                (*common, *extra.extraction, *anon_overrides, f"utility.checkpoint={utility_ckpt}"), needs,
+                (*common, *extra.extraction, *anon_overrides, *([f"utility.checkpoint={utility_ckpt}"] if utility_ckpt else [])), needs,
             )
         )
         anomaly = plan.add(Step("anomaly", files.anomaly, run, (*common, *extra.anomaly, f"data.features=extraction/{run}"), (features,)))
@@ -228,16 +234,17 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
 
     if cfg.feature_probe:
         # Table 1: the raw utility model's features, then those of each learned method run here.
-        rows = [("raw", "Raw: action-pretrained I3D (the Kinetics analogue)", "anonymization/utility/best.pt")]
+        raw_label = "Raw: Kinetics-400 I3D" if cfg.baseline_utility is None else "Raw: action-pretrained I3D (the Kinetics analogue)"
+        rows = [("raw", raw_label, cfg.baseline_utility)]
         rows += [(m, LEARNED[m][0], f"anonymization/{m}/best.pt") for m in cfg.methods if m in LEARNED]
         for method, label, ckpt in rows:
             if method == "raw":
-                needs, anon_overrides = (utility,), ("anonymizer.method=raw",)
+                anon_overrides = ("anonymizer.method=raw",)
+                needs = (utility(),) if ckpt == pretrained else ()
             else:
                 needs, anon_overrides = (f"anonymization/{method}",), ("anonymizer.method=unet", f"anonymizer.checkpoint={ckpt}")
-            key = plan.add(
-                Step("privacy", files.probe, f"probe-{method}", (*common, *extra.privacy, *anon_overrides, f"probe.checkpoint={ckpt}"), needs)
-            )
+            source = (f"probe.checkpoint={ckpt}", "probe.weights=null") if ckpt else ()
+            key = plan.add(Step("privacy", files.probe, f"probe-{method}", (*common, *extra.privacy, *anon_overrides, *source), needs))
             plan.probes[label] = (key, method)
 
     sweeps = set(cfg.sweeps.run)

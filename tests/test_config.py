@@ -183,3 +183,10 @@ def test_shipped_configs_load():
     for f in files:
         schema = schema_for_config_file(f)
         load_config(schema, f, check_paths=False)
+
+
+def test_null_override_clears_an_optional_string(paths_file):
+    cfg = load_config(DemoConfig, None, ["weights=w.pth"])
+    assert cfg.weights == "w.pth"
+    assert load_config(DemoConfig, None, ["weights=null"]).weights is None
+    assert load_config(DemoConfig, None, ["tag=null"]).tag == "null"  # a plain str keeps the text

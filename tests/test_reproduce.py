@@ -139,12 +139,7 @@ def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
 def test_end_to_end_on_a_tiny_world(tiny_paths, monkeypatch):
     """The real stages, two methods, one epoch each: every table, the plot and the summary exist."""
     monkeypatch.setenv("TEDSPAD_PATHS", str(tiny_paths))
-    overrides = [
-        "methods=[raw,tedspad]",
-        "run.name=tiny",
-        "run.device=cpu",
-    ] + reproduce.SMOKE_OVERRIDES
-    cfg = _cfg(overrides)
+    cfg = load_config(ReproduceConfig, "configs/synthetic/reproduce/smoke.yaml", ["run.name=tiny", "run.device=cpu"], check_paths=False)
     assert reproduce.run(cfg) == 0
     out = tiny_paths.parent / "results" / "reproduce" / "tiny"
     summary = json.loads((out / "summary.json").read_text())

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from aux_code.checkpoint import atomic_write
 from aux_code.config import ConfigError, PathsConfig, RunConfig, config_hash, load_config, opt, parse_cli, resolve_under, to_dict
@@ -111,6 +111,9 @@ class ReproduceConfig:
         "fT of the baselines (raw, downsample, blur, blacken) and of the raw probe: the stage-1 utility run "
         "(the synthetic world's stand-in for Kinetics weights). null: keep the utility model the stage-3 and "
         "probe configs name (on real data, the Kinetics-400 weights file), as the paper does.",
+    )
+    person_boxes: Literal["gt", "hog"] = opt(
+        "gt", "Person boxes of the blur/blacken baselines: 'gt' (synthetic world) or 'hog' (OpenCV's detector, real data)."
     )
     feature_probe: bool = opt(True, "Run the feature-level probe of Table 1 on the utility features of raw and of each learned method in `methods`.")
     sweeps: SweepSection = opt(SweepSection(), "Ablation sweeps.")
@@ -227,7 +230,10 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
     main = []
     for m in cfg.methods:
         if m in BASELINES:
-            main.append(point(m, BASELINES[m][0], BASELINES[m][1], None))
+            label, overrides = BASELINES[m]
+            if m in ("blur", "blacken"):
+                overrides = (*overrides, f"anonymizer.boxes={cfg.person_boxes}")
+            main.append(point(m, label, overrides, None))
         else:
             main.append(point(m, LEARNED[m][0], (), LEARNED[m][1]))
     plan.tables["main"] = main

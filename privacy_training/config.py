@@ -1,0 +1,220 @@
+"""Configuration of stage 2: privacy evaluation on VISPR (or its synthetic analogue).
+
+Loaded by ``python -m privacy_training --config FILE key=value ...``; every key is listed
+with its meaning by ``--help-config``. Paper settings live in configs/privacy/, the embedded
+default (resnet_tiny at 64x64 on the synthetic world) in configs/synthetic/privacy/.
+
+Two tasks share the data path (decode -> person boxes -> crop/resize -> frozen fA -> cache):
+
+- ``target``: train a fresh target model fB' on anonymized images, select the epoch on a
+  validation split carved from train, report test cMAP / per-attribute AP / macro F1, plus
+  image-level leakage (SSIM, PSNR, MSE, Haar face counts).
+- ``probe``: feature-level leakage (paper Table 1): each image repeated T times as a clip,
+  fT's pooled feature, a small MLP probe for the attributes, test cMAP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from aux_code.anonymizers import AnonymizerSection
+from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+
+
+@dataclass
+class DataSection:
+    """Which images, at which resolution, and how the validation split is carved."""
+
+    resolution: int = opt(224, "Side of the square images the target model (and fA) sees (paper: 224).")
+    crop_scale: float = opt(
+        1.0,
+        "Centre crop of this fraction of the short side before resizing to data.resolution (1.0: the largest "
+        "centred square).",
+    )
+    val_fraction: float = opt(
+        0.1,
+        "Fraction of the released train split held out as validation for epoch selection (the test split is never "
+        "used to select).",
+    )
+    val_seed: int = opt(0, "Seed of the validation carve-out (independent of run.seed so every method sees the same split).")
+    on_label_error: Literal["raise", "skip"] = opt(
+        "raise",
+        "A label entry with the wrong attribute count or non-0/1 values: stop ('raise') or leave it out and list it "
+        "in the summary ('skip').",
+    )
+    max_decode_failures: float = opt(
+        0.05,
+        "Images that fail to decode are reported and skipped; the run stops when more than this fraction of a "
+        "split fails (a wrong root, not a few bad files).",
+    )
+    anonymize_batch: int = opt(64, "Images per fA forward pass while building the cache.")
+
+
+@dataclass
+class CacheSection:
+    """The anonymized images, computed once and reused by every epoch and every rerun."""
+
+    enabled: bool = opt(True, "Read/write the anonymized-image cache (false: anonymize in memory every run, never saved).")
+    dir: str = opt(
+        "privacy/cache",
+        "Cache folder; relative paths resolve under paths.runs. One file per (anonymizer, resolution, split content).",
+    )
+
+
+@dataclass
+class ModelSection:
+    """The target model fB'."""
+
+    name: Literal["resnet50", "resnet_tiny"] = opt("resnet50", "Target architecture (aux_code.models build_target).")
+    weights: Optional[str] = opt(
+        None,
+        "Initialise from a local weights file (torchvision ImageNet, SimCLR, ...); relative paths resolve under "
+        "paths.weights. null trains from scratch, as the public code does.",
+    )
+    weights_key: Optional[str] = opt(None, "Entry of a multi-model weights file to read (e.g. 'state_dict'); null detects it.")
+
+
+@dataclass
+class AugmentSection:
+    """Light training augmentation, applied batch-wise to the cached tensors."""
+
+    min_crop_scale: float = opt(0.8, "Random square crop of this fraction of the side or more, resized back (1.0: no crop).")
+    flip: bool = opt(True, "Random horizontal flip.")
+
+
+@dataclass
+class OptimSection:
+    """Adam, warm-up, then divide-by-5 on a validation plateau."""
+
+    lr: float = opt(1e-3, "Adam learning rate after warm-up.")
+    weight_decay: float = opt(0.0, "Adam weight decay.")
+    batch_size: int = opt(32, "Training images per step.")
+    epochs: int = opt(50, "Training epochs.")
+    warmup_epochs: int = opt(2, "Epochs of linear warm-up from lr / 10 to lr (0: none).")
+    plateau_factor: float = opt(0.2, "Multiply the learning rate by this when validation cMAP stops improving (0.2: divide by 5).")
+    plateau_patience: int = opt(3, "Evaluations without improvement before the learning rate drops.")
+    min_lr: float = opt(1e-6, "Lower bound of the learning rate.")
+
+
+@dataclass
+class EvalSection:
+    """Validation, test metrics and the comparison with the raw run."""
+
+    every: int = opt(1, "Evaluate validation cMAP every N epochs (and after the last).")
+    batch_size: int = opt(128, "Images per forward pass when scoring.")
+    f1_threshold: float = opt(0.5, "Threshold on sigmoid probabilities for macro F1.")
+    compare_to: Optional[str] = opt(
+        None,
+        "Run directory (relative to paths.runs, e.g. 'privacy/raw') whose results.json gives the raw cMAP for "
+        "'privacy reduction %'. null: no comparison.",
+    )
+
+
+@dataclass
+class LeakageSection:
+    """Image-level leakage (DP-autoencoder paper): similarity to the original and faces still found."""
+
+    enabled: bool = opt(True, "Compute SSIM / PSNR / MSE and face counts on the test split (target task only).")
+    face_detector: bool = opt(True, "Count faces with OpenCV's Haar cascade (frontal face) before and after anonymization.")
+    scale_factor: float = opt(1.1, "Haar detectMultiScale scaleFactor.")
+    min_neighbors: int = opt(5, "Haar detectMultiScale minNeighbors.")
+    min_face: int = opt(16, "Smallest face side in pixels the cascade looks for.")
+    astronaut: bool = opt(True, "Also count faces on scikit-image's astronaut photograph, before and after fA.")
+    astronaut_resolution: int = opt(
+        224,
+        "Side the astronaut photograph (512x512) is resized to before fA, i.e. the resolution the anonymizer works at "
+        "in the paper; independent of data.resolution so a small synthetic setting still tests a real photograph.",
+    )
+
+
+@dataclass
+class ProbeSection:
+    """Feature-level probe (paper Table 1): I3D features of images repeated as static clips."""
+
+    checkpoint: Optional[str] = opt(
+        None,
+        "Stage-1 checkpoint holding the utility model (relative to paths.runs, e.g. 'anonymization/utility/best.pt' "
+        "or 'anonymization/tedspad/best.pt').",
+    )
+    model_key: str = opt("utility", "Key of the utility model inside the checkpoint's 'models'.")
+    weights: Optional[str] = opt(
+        None,
+        "Instead of a checkpoint: a public I3D weights file (relative to paths.weights), e.g. Kinetics-400 I3D-R50.",
+    )
+    utility_name: str = opt("i3d_r50", "Utility architecture when probe.weights is used (aux_code.models build_utility).")
+    clip_length: int = opt(16, "T: how many times each image is repeated along time.")
+    feature_batch: int = opt(32, "Clips per fT forward pass during feature extraction.")
+    hidden: int = opt(256, "Hidden width of the MLP probe (0: a linear probe).")
+    dropout: float = opt(0.2, "Dropout before the probe's output layer.")
+    lr: float = opt(1e-3, "Adam learning rate of the probe.")
+    weight_decay: float = opt(1e-4, "Adam weight decay of the probe.")
+    epochs: int = opt(100, "Probe training epochs (full-batch features: cheap).")
+    batch_size: int = opt(128, "Probe training batch size.")
+
+
+@dataclass
+class PrivacyConfig:
+    """Stage 2: privacy leakage of an anonymizer on VISPR (target model, feature probe, image metrics)."""
+
+    paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
+    run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
+    task: Literal["target", "probe"] = opt(
+        "target", "'target': train fB' on anonymized images; 'probe': MLP probe on fT features of stacked images."
+    )
+    anonymizer: AnonymizerSection = opt(AnonymizerSection(), "The frozen anonymizer fA (or baseline) applied to every image.")
+    data: DataSection = opt(DataSection(), "Images, resolution, validation split.")
+    cache: CacheSection = opt(CacheSection(), "Anonymized-image cache.")
+    model: ModelSection = opt(ModelSection(), "Target model fB'.")
+    augment: AugmentSection = opt(AugmentSection(), "Training augmentation of the target model.")
+    optim: OptimSection = opt(OptimSection(), "Target-model optimiser and epochs.")
+    eval: EvalSection = opt(EvalSection(), "Validation, test metrics, comparison with raw.")
+    leakage: LeakageSection = opt(LeakageSection(), "Image-level leakage metrics.")
+    probe: ProbeSection = opt(ProbeSection(), "Feature-level probe (task: probe).")
+
+    def required_paths(self) -> list[str]:
+        return ["vispr"]
+
+    def cache_dir(self) -> Path:
+        return resolve_under(self.paths.runs, self.cache.dir)
+
+    def compare_path(self) -> Path | None:
+        if self.eval.compare_to is None:
+            return None
+        return resolve_under(self.paths.runs, self.eval.compare_to) / "results.json"
+
+    def validate(self) -> None:
+        d, o, p = self.data, self.optim, self.probe
+        checks = [
+            (d.resolution >= 16, f"data.resolution = {d.resolution} must be >= 16"),
+            (0.0 < d.crop_scale <= 1.0, f"data.crop_scale = {d.crop_scale} must be in (0, 1]"),
+            (0.0 < d.val_fraction < 1.0, f"data.val_fraction = {d.val_fraction} must be in (0, 1): epoch selection needs a validation split"),
+            (0.0 <= d.max_decode_failures < 1.0, f"data.max_decode_failures = {d.max_decode_failures} must be in [0, 1)"),
+            (d.anonymize_batch >= 1, f"data.anonymize_batch = {d.anonymize_batch} must be >= 1"),
+            (0.0 < self.augment.min_crop_scale <= 1.0, f"augment.min_crop_scale = {self.augment.min_crop_scale} must be in (0, 1]"),
+            (o.lr > 0, f"optim.lr = {o.lr} must be > 0"),
+            (o.batch_size >= 2, f"optim.batch_size = {o.batch_size} must be >= 2 (BatchNorm)"),
+            (o.epochs >= 1, f"optim.epochs = {o.epochs} must be >= 1"),
+            (o.warmup_epochs >= 0, f"optim.warmup_epochs = {o.warmup_epochs} must be >= 0"),
+            (0.0 < o.plateau_factor < 1.0, f"optim.plateau_factor = {o.plateau_factor} must be in (0, 1)"),
+            (o.plateau_patience >= 0, f"optim.plateau_patience = {o.plateau_patience} must be >= 0"),
+            (self.eval.every >= 1, f"eval.every = {self.eval.every} must be >= 1"),
+            (self.eval.batch_size >= 1, f"eval.batch_size = {self.eval.batch_size} must be >= 1"),
+            (0.0 < self.eval.f1_threshold < 1.0, f"eval.f1_threshold = {self.eval.f1_threshold} must be in (0, 1)"),
+            (self.leakage.scale_factor > 1.0, f"leakage.scale_factor = {self.leakage.scale_factor} must be > 1"),
+            (self.leakage.astronaut_resolution >= 32, f"leakage.astronaut_resolution = {self.leakage.astronaut_resolution} must be >= 32"),
+            (self.leakage.min_face >= 1, f"leakage.min_face = {self.leakage.min_face} must be >= 1"),
+            (p.clip_length >= 1, f"probe.clip_length = {p.clip_length} must be >= 1"),
+            (p.hidden >= 0, f"probe.hidden = {p.hidden} must be >= 0"),
+            (0.0 <= p.dropout < 1.0, f"probe.dropout = {p.dropout} must be in [0, 1)"),
+            (p.epochs >= 1 and p.batch_size >= 2 and p.lr > 0, "probe.epochs >= 1, probe.batch_size >= 2 and probe.lr > 0 are required"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.task == "probe" and (p.checkpoint is None) == (p.weights is None):
+            raise ConfigError(
+                "task: probe needs exactly one source of the utility model: probe.checkpoint (a stage-1 checkpoint "
+                "under paths.runs) or probe.weights (a public I3D weights file under paths.weights)"
+            )

@@ -1,0 +1,38 @@
+"""``python -m feature_extraction [--config FILE] key=value ...`` (also under torchrun).
+
+Parses the config and runs the stage. Exit status: 0 when every video was extracted (or
+found finished by an earlier run), 1 when some video failed (listed in failures.json of the
+output directory; the rest are extracted), 2 for an input problem found before extracting
+(dataset files, checkpoint, decoder).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from aux_code.checkpoint import CheckpointError
+from aux_code.config import parse_cli
+from aux_code.datasets import DatasetError
+from aux_code.runtime import shutdown_runtime
+from feature_extraction.config import ExtractionConfig
+from feature_extraction.decoders import DecoderError
+from feature_extraction.pipeline import run
+
+PROG = "python -m feature_extraction"
+DEFAULT_CONFIG = "configs/synthetic/extraction/default.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_cli(ExtractionConfig, argv, default_config=DEFAULT_CONFIG, prog=PROG)
+    try:
+        return run(cfg)
+    except (DatasetError, CheckpointError, DecoderError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_runtime()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Configuration of stage 3: clip features of every video of an anomaly dataset.
+
+Loaded by ``python -m feature_extraction --config FILE key=value ...``; every key is
+listed with its meaning by ``--help-config``. Paper settings live in configs/extraction/,
+the embedded default (tiny I3D on the synthetic world) in configs/synthetic/extraction/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from aux_code.anonymizers import AnonymizerSection
+from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+
+DATASETS = ("ucf_crime", "xd_violence", "shanghaitech")
+
+
+@dataclass
+class DataSection:
+    """Which anomaly dataset is read (its root is paths.<dataset>) and which of its splits."""
+
+    dataset: Literal["ucf_crime", "xd_violence", "shanghaitech"] = opt(
+        "ucf_crime",
+        "Anomaly dataset adapter; its root is paths.<dataset> (the synthetic analogue by default, see configs/paths.yaml).",
+    )
+    splits: list[str] = opt(["train", "test"], "Splits whose videos are extracted ('train', 'test').")
+    limit: Optional[int] = opt(
+        None,
+        "Extract only the first N videos of each split (in the adapter's order), for quick trials; null = all.",
+    )
+
+
+@dataclass
+class ClipSection:
+    """How a video becomes clips (REFERENCE.md section 4: 16 frames at skip 2, crop 0.8, 224 px)."""
+
+    clip_len: int = opt(16, "Frames per clip.")
+    skip: int = opt(2, "Read every skip-th frame: a clip stands for clip_len * skip raw frames (non-overlapping clips).")
+    resolution: int = opt(224, "Side of the square model input after the centre crop (pixels).")
+    crop_scale: float = opt(0.8, "Centre crop as a fraction of the short side, before resizing to resolution.")
+
+
+@dataclass
+class UtilitySection:
+    """The utility model fT whose pooled feature is written: a stage-1 checkpoint or local weights."""
+
+    checkpoint: Optional[str] = opt(
+        None,
+        "Stage-1 checkpoint holding fT (e.g. anonymization/tedspad/best.pt; relative paths resolve under "
+        "paths.runs). When set, name and weights are ignored.",
+    )
+    model_key: str = opt("utility", "Key of fT inside the checkpoint's 'models'.")
+    name: str = opt("i3d_r50", "Without a checkpoint: registry name of fT (i3d_r50, i3d_r50_tiny, i3d_inception, ...).")
+    weights: Optional[str] = opt(
+        None,
+        "Without a checkpoint: local pretrained weights file (e.g. Kinetics-400 i3d_r50_kinetics.pth; relative "
+        "paths resolve under paths.weights). null = random init, only sensible for tests.",
+    )
+    num_classes: int = opt(400, "Without a checkpoint: classifier size the weights file was trained with.")
+
+
+@dataclass
+class ExtractSection:
+    """Decoding, batching and precision: they change speed, not the features (beyond decoder tolerance)."""
+
+    decoder: Literal["auto", "pyav", "dali"] = opt(
+        "auto",
+        "'pyav' (CPU, any codec), 'dali' (NVIDIA DALI video reader: on the GPU when run.device is CUDA, else its "
+        "CPU reader, which decodes only VP8/VP9/MJPEG), or 'auto' (DALI on a GPU when DALI is installed and every "
+        "video's codec is supported, else PyAV).",
+    )
+    batch_size: int = opt(32, "Clips per model forward pass, gathered across videos.")
+    background_thread: bool = opt(
+        True,
+        "With run.num_workers = 0 (PyAV), decode in a background thread while the model runs (else in turn).",
+    )
+    prefetch: int = opt(
+        4, "Decoded ahead of the model: clips per PyAV worker (or for the background thread); batches for DALI's pipeline."
+    )
+    decode_threads: int = opt(1, "FFmpeg threads per PyAV decoder (0 = FFmpeg decides).")
+    precision: Literal["auto", "fp32", "bf16"] = opt(
+        "auto", "Model precision: 'auto' = bf16 autocast on CUDA, fp32 on CPU; 'fp32' everywhere; 'bf16' autocast."
+    )
+    channels_last: bool = opt(True, "Channels-last memory formats for fA and fT on CUDA (ignored on CPU, where it did not help).")
+    frames_per_pass: Optional[int] = opt(
+        None, "Run the anonymizer on at most this many frames at a time (bounds memory for large batches)."
+    )
+    dali_threads: int = opt(2, "DALI pipeline CPU threads.")
+    journal_every: int = opt(1, "Append finished videos to the resume journal every N videos.")
+
+
+@dataclass
+class ExtractionConfig:
+    """Stage 3: anonymizer then utility model over every clip of an anomaly dataset, one .npy per video."""
+
+    paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
+    run: RunConfig = opt(
+        RunConfig(),
+        "Run name (output <paths.runs>/extraction/<run.name>), seed, device, resume, num_workers (PyAV decode "
+        "worker processes; 0 = the main process).",
+    )
+    data: DataSection = opt(DataSection(), "Anomaly dataset and splits.")
+    clips: ClipSection = opt(ClipSection(), "Clip sampling and the shared crop/resize.")
+    anonymizer: AnonymizerSection = opt(AnonymizerSection(), "fA: raw, trained UNet, or a baseline (downsample, blur, blacken).")
+    utility: UtilitySection = opt(UtilitySection(), "fT: the model whose pooled feature is extracted.")
+    extract: ExtractSection = opt(ExtractSection(), "Decoder, batching, precision.")
+
+    def required_paths(self) -> list[str]:
+        return [self.data.dataset]
+
+    def output_dir(self) -> Path:
+        return Path(self.paths.runs) / "extraction" / self.run.name
+
+    def utility_checkpoint(self) -> Path | None:
+        return None if self.utility.checkpoint is None else resolve_under(self.paths.runs, self.utility.checkpoint)
+
+    def utility_weights(self) -> Path | None:
+        return None if self.utility.weights is None else resolve_under(self.paths.weights, self.utility.weights)
+
+    def validate(self) -> None:
+        checks = [
+            (bool(self.data.splits) and all(s in ("train", "test") for s in self.data.splits),
+             f"data.splits = {self.data.splits} must be a non-empty list of 'train' / 'test'"),
+            (len(set(self.data.splits)) == len(self.data.splits), f"data.splits = {self.data.splits} repeats a split"),
+            (self.data.limit is None or self.data.limit >= 1, f"data.limit = {self.data.limit} must be >= 1 or null"),
+            (self.clips.clip_len >= 1, f"clips.clip_len = {self.clips.clip_len} must be >= 1"),
+            (self.clips.skip >= 1, f"clips.skip = {self.clips.skip} must be >= 1"),
+            (self.clips.resolution >= 8, f"clips.resolution = {self.clips.resolution} must be >= 8"),
+            (0.0 < self.clips.crop_scale <= 1.0, f"clips.crop_scale = {self.clips.crop_scale} must be in (0, 1]"),
+            (self.extract.batch_size >= 1, f"extract.batch_size = {self.extract.batch_size} must be >= 1"),
+            (self.extract.prefetch >= 1, f"extract.prefetch = {self.extract.prefetch} must be >= 1"),
+            (self.extract.decode_threads >= 0, f"extract.decode_threads = {self.extract.decode_threads} must be >= 0"),
+            (self.extract.dali_threads >= 1, f"extract.dali_threads = {self.extract.dali_threads} must be >= 1"),
+            (self.extract.journal_every >= 1, f"extract.journal_every = {self.extract.journal_every} must be >= 1"),
+            (self.extract.frames_per_pass is None or self.extract.frames_per_pass >= 1,
+             f"extract.frames_per_pass = {self.extract.frames_per_pass} must be >= 1 or null"),
+            (self.run.num_workers >= 0, f"run.num_workers = {self.run.num_workers} must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)

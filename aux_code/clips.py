@@ -83,6 +83,11 @@ def dali_starts(num_frames: int, *, clip_len: int = 16, skip: int = 2, step: int
     (clip_len - 1) * skip, step)``; its default step is ``clip_len * skip``. With the default
     step this equals :func:`extraction_starts` plus one extra clip when
     ``num_frames % span == span - 1``.
+
+    That is the documented rule; DALI 2.4's ``fn.experimental.readers.video`` on CPU was
+    measured to stop at :func:`extraction_starts` instead (63 frames give one clip, not two).
+    The extraction stage accepts either and keeps only :func:`extraction_starts`, so both
+    decoders give the same clips whichever rule a DALI version follows.
     """
     _check_num_frames(num_frames)
     _check_clip_args(clip_len=clip_len, skip=skip)

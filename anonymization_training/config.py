@@ -1,0 +1,243 @@
+"""Configuration of stage 1: anonymization training (identity init, fT / fB inits, minimax).
+
+Loaded by ``python -m anonymization_training --config FILE key=value ...``; ``--help-config``
+lists every key with its meaning. One schema serves four tasks (``task``):
+
+==================  =====================================================================
+task                what it trains, what it selects on (never a test split)
+==================  =====================================================================
+utility_pretrain    fT (I3D + classifier) on the proxy action set; best = max validation
+                    top-1 on clips carved out of the train list (``data.action_val_fraction``).
+                    testlist01 top-1 of the selected model is reported, never selected on.
+identity            fA as an identity (L1 reconstruction) on action frames + privacy images;
+                    best = min validation L1 (action val clips' frames + privacy val images).
+budget_ssl          fB with SimCLR NT-Xent on privacy train images; best = min validation
+                    NT-Xent loss on the privacy val images (carved from train).
+minimax             TeD-SPAD Algorithm 1 (or SPAct / the ablations, ``loss.method``) from the
+                    three inits above; best by ``eval.select`` (see :class:`EvalSection`).
+==================  =====================================================================
+
+Paper settings live in configs/anonymization/, the embedded default (tiny models, small
+clips) in configs/synthetic/anonymization/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+
+Task = Literal["utility_pretrain", "identity", "budget_ssl", "minimax"]
+Method = Literal["tedspad", "spact", "temporal_invariance"]
+
+
+@dataclass
+class DataSection:
+    """Proxy action set (UCF101 layout), privacy images (VISPR layout), clip geometry."""
+
+    action_fold: int = opt(1, "UCF101 split (trainlist0N / testlist0N) of the proxy action set.")
+    action_val_fraction: float = opt(
+        0.2,
+        "Fraction of each class's train-list groups (gXX: shared actors and scene; see action_val_by) held out as the "
+        "validation split (seeded). Selection uses only this split; testlist0N is reported by utility_pretrain, "
+        "never selected on.",
+    )
+    action_val_by: Literal["group", "video"] = opt(
+        "group",
+        "Unit of the action validation carve: whole groups (UCF101's gXX, as the official splits do) or single "
+        "videos (only for sets with too few groups, e.g. test worlds; clips of a group then appear on both sides).",
+    )
+    action_val_seed: int = opt(0, "Seed of the action validation carve (independent of run.seed).")
+    privacy_val_fraction: float = opt(0.1, "Fraction of the privacy train images held out for validation (VISPR 'val').")
+    privacy_val_seed: int = opt(0, "Seed of the privacy validation carve.")
+    clip_len: int = opt(16, "Frames per clip (paper: 16).")
+    skip: int = opt(2, "Frame stride inside a clip (paper: 2, so a clip spans 32 raw frames).")
+    size: int = opt(224, "Square model input size after the crop (paper: 224).")
+    crop_scale: float = opt(0.8, "Evaluation centre crop, as a fraction of the short side, before resizing (paper: 0.8).")
+    train_crop_scale: list[float] = opt([0.7, 0.9], "Range of the random training crop's side fraction, centred on crop_scale.")
+    color_jitter_p: float = opt(0.8, "Probability of colour jitter (strength 0.4) in training augmentations.")
+    erase_p: float = opt(0.5, "Probability of random erasing in training augmentations.")
+    cache_in_memory: bool = opt(
+        False,
+        "Decode every action video and privacy image once into memory (uint8) instead of on demand. "
+        "For small sets (the synthetic world); UCF101 decoded needs far more memory than a machine has.",
+    )
+    frames_per_video: int = opt(4, "identity task: random frames drawn from each action train video per epoch.")
+
+
+@dataclass
+class ModelSection:
+    """Architectures and where fresh models get their weights (used when no init checkpoint is given)."""
+
+    anonymizer: str = opt("unet", "fA: 'unet' (17.27 M), 'unet_tiny', or 'identity'.")
+    anonymizer_width: Optional[int] = opt(None, "UNet base width override (null: the name's default, 64 / 4).")
+    utility: str = opt("i3d_r50", "fT: 'i3d_r50', 'i3d_r50_tiny', 'i3d_inception', 'i3d_inception_tiny'.")
+    utility_weights: Optional[str] = opt(
+        None,
+        "Kinetics-400 weight file for fT (relative to paths.weights; see docs/weights.md); its classifier is "
+        "re-initialised for the proxy classes. null: random init.",
+    )
+    utility_dropout: float = opt(0.5, "Dropout before fT's classifier (I3D-R50 only; 0.5 in the paper's I3D).")
+    budget: str = opt("resnet50", "fB: 'resnet50' or 'resnet_tiny' (backbone + 2-layer projection, L2-normalised).")
+    budget_weights: Optional[str] = opt(
+        None,
+        "Weights for a fresh fB backbone (torchvision / SimCLR ResNet-50 file, relative to paths.weights). null: random init.",
+    )
+    embedding_hidden: Optional[int] = opt(512, "Hidden width of the triplet embedding MLP on fT's feature (null: feature_dim // 4).")
+    embedding_dim: int = opt(128, "Output width of the triplet embedding MLP.")
+
+
+@dataclass
+class InitSection:
+    """minimax only: stage-1 checkpoints to start from, relative to paths.runs."""
+
+    anonymizer: Optional[str] = opt(
+        "anonymization/identity/best.pt", "fA init (model key 'anonymizer'); null: fresh model.anonymizer."
+    )
+    utility: Optional[str] = opt(
+        "anonymization/utility/best.pt",
+        "fT init (model key 'utility', a utility_pretrain run); null: fresh fT from model.utility_weights.",
+    )
+    budget: Optional[str] = opt(
+        "anonymization/budget/best.pt", "fB init (model key 'budget', a budget_ssl run); null: fresh fB from model.budget_weights."
+    )
+
+
+@dataclass
+class LossSection:
+    """Utility loss L_T = CE + omega * temporal term, budget loss L_B (NT-Xent), minimax weights."""
+
+    method: Method = opt(
+        "tedspad",
+        "Temporal term of L_T: 'tedspad' (temporal-distinctive triplet L_D), 'spact' (none: CE only, omega "
+        "ignored, triplet not computed), 'temporal_invariance' (the Table 2 ablation L_I, NT-Xent between two "
+        "times of a video).",
+    )
+    omega: float = opt(0.1, "Weight of the temporal term in L_T (paper best: 0.1; Table 3 sweeps 0, 0.01, 0.1, 1, 10).")
+    margin: float = opt(1.0, "Triplet margin mu (paper: 1; Table 4 sweeps 0.5, 1, 2).")
+    negative_distance: Optional[int] = opt(
+        None,
+        "Raw-frame distance |t' - t| between the anchor and the negative clip: null = random (the paper's default; "
+        "at least negative_min_gap apart), or a fixed 8 / 32 (Table 5).",
+    )
+    negative_min_gap: Optional[int] = opt(
+        None, "Random distance only: smallest |t' - t| in raw frames (null: the clip span clip_len * skip, so no frame is shared)."
+    )
+    invariance_temperature: float = opt(0.1, "Temperature of L_I (temporal_invariance method).")
+    temperature: float = opt(0.1, "NT-Xent temperature of the budget loss L_B (SPAct: 0.1).")
+    w_t: float = opt(0.7, "w_T: weight of L_T in fA's Step-1 loss w_T * L_T - w_B * L_B (public code: 0.7).")
+    w_b: float = opt(1.0, "w_B: weight of L_B in fA's Step-1 loss (public code: 1.0).")
+
+
+@dataclass
+class OptimSection:
+    """Adam for every model; learning-rate schedule of the single-model tasks."""
+
+    epochs: int = opt(80, "Training epochs (minimax: paper max_anon_epoch 80).")
+    batch_size: int = opt(8, "Clips per step (minimax: per step, each step its own batch), frames per step for identity.")
+    image_batch_size: int = opt(8, "Privacy images per step (budget_ssl, minimax's L_B; the identity task mixes them in as well).")
+    steps_per_epoch: Optional[int] = opt(
+        None,
+        "Steps (minimax: Step-1 + Step-2 pairs) per epoch. null: one pass over the action train videos "
+        "(minimax: two batches per pair) or, for budget_ssl, over the privacy train images.",
+    )
+    lr: float = opt(1e-4, "Learning rate of the single model trained by utility_pretrain / identity / budget_ssl.")
+    lr_anonymizer: float = opt(1e-4, "minimax: fA learning rate (paper 1e-4; public code 4e-6).")
+    lr_utility: float = opt(1e-4, "minimax: fT + embedding head learning rate (paper 1e-4; public code 1e-5).")
+    lr_budget: float = opt(1e-4, "minimax: fB learning rate (paper 1e-4; public code 1e-5).")
+    weight_decay: float = opt(0.0, "Adam weight decay.")
+    warmup_epochs: int = opt(0, "Linear learning-rate warm-up over the first N epochs (single-model tasks).")
+    plateau_patience: int = opt(
+        0, "Halve-on-plateau: epochs of no validation improvement before multiplying the lr by plateau_factor (0: off)."
+    )
+    plateau_factor: float = opt(0.5, "Factor of the plateau schedule.")
+    amp: Literal["auto", "bf16", "fp16", "off"] = opt(
+        "auto",
+        "Mixed precision on CUDA: 'auto' = bf16 where supported else fp16 with a gradient scaler; 'off' = fp32. "
+        "CPU always runs exact fp32.",
+    )
+
+
+@dataclass
+class EvalSection:
+    """Validation cadence, checkpoint selection and the image grid."""
+
+    every: int = opt(1, "Validate every N epochs (and always after the last epoch).")
+    select: Literal["tradeoff", "action_top1", "budget_acc"] = opt(
+        "tradeoff",
+        "minimax selection rule on the validation splits (epoch 0, the untrained inits, is recorded but not "
+        "selectable): 'tradeoff' = max action_top1 - budget_acc among epochs whose action_top1 >= "
+        "epoch-0 action_top1 - max_action_drop (epochs outside the margin score -1 - budget_acc); "
+        "'action_top1' = max action top-1; 'budget_acc' = min budget NT-Xent accuracy.",
+    )
+    max_action_drop: float = opt(0.1, "tradeoff rule: largest allowed drop of validation action top-1 (a fraction) from epoch 0.")
+    clips_per_video: int = opt(1, "Evenly spaced clips per validation / test video; their logits are averaged.")
+    budget_batch: int = opt(64, "Images per NT-Xent chunk in validation (the accuracy depends on the chunk size; fixed here).")
+    grid_images: int = opt(8, "Fixed privacy val images shown, with fA's output under them, in the image grid (0: none).")
+
+
+@dataclass
+class AnonymizationConfig:
+    """Stage 1: train the anonymizer fA (and its adversaries fT, fB) for privacy-preserving action features."""
+
+    task: Task = opt("minimax", "utility_pretrain | identity | budget_ssl | minimax (see module docstring).")
+    paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
+    run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
+    data: DataSection = opt(DataSection(), "Datasets, splits and clip geometry.")
+    model: ModelSection = opt(ModelSection(), "Architectures and fresh-init weights.")
+    init: InitSection = opt(InitSection(), "minimax: init checkpoints.")
+    loss: LossSection = opt(LossSection(), "Utility and budget losses.")
+    optim: OptimSection = opt(OptimSection(), "Optimisers and schedule.")
+    eval: EvalSection = opt(EvalSection(), "Validation and selection.")
+
+    def required_paths(self) -> list[str]:
+        needs = {"utility_pretrain": ["ucf101"], "identity": ["ucf101", "vispr"], "budget_ssl": ["vispr"],
+                 "minimax": ["ucf101", "vispr"]}
+        return needs[self.task]
+
+    def weights_path(self, name: Optional[str]) -> Optional[Path]:
+        return None if name is None else resolve_under(self.paths.weights, name)
+
+    def init_path(self, key: str) -> Optional[Path]:
+        value = getattr(self.init, key)
+        return None if value is None else resolve_under(self.paths.runs, value)
+
+    def validate(self) -> None:
+        d, o, lo, e = self.data, self.optim, self.loss, self.eval
+        checks = [
+            (0.0 < d.action_val_fraction < 1.0, f"data.action_val_fraction = {d.action_val_fraction} must be in (0, 1): selection needs a validation split"),
+            (0.0 < d.privacy_val_fraction < 1.0, f"data.privacy_val_fraction = {d.privacy_val_fraction} must be in (0, 1)"),
+            (d.clip_len >= 1 and d.skip >= 1, f"data.clip_len = {d.clip_len} and data.skip = {d.skip} must be >= 1"),
+            (d.size >= 8, f"data.size = {d.size} must be >= 8"),
+            (0.0 < d.crop_scale <= 1.0, f"data.crop_scale = {d.crop_scale} must be in (0, 1]"),
+            (len(d.train_crop_scale) == 2 and 0.0 < d.train_crop_scale[0] <= d.train_crop_scale[1] <= 1.0,
+             f"data.train_crop_scale = {d.train_crop_scale} must be [low, high] with 0 < low <= high <= 1"),
+            (d.frames_per_video >= 1, f"data.frames_per_video = {d.frames_per_video} must be >= 1"),
+            (o.epochs >= 1, f"optim.epochs = {o.epochs} must be >= 1"),
+            (o.batch_size >= 1, f"optim.batch_size = {o.batch_size} must be >= 1"),
+            (o.image_batch_size >= 2, f"optim.image_batch_size = {o.image_batch_size} must be >= 2 (NT-Xent needs negatives)"),
+            (o.steps_per_epoch is None or o.steps_per_epoch >= 1, f"optim.steps_per_epoch = {o.steps_per_epoch} must be >= 1 or null"),
+            (min(o.lr, o.lr_anonymizer, o.lr_utility, o.lr_budget) > 0, "every optim.lr* must be > 0"),
+            (o.warmup_epochs >= 0 and o.plateau_patience >= 0, "optim.warmup_epochs and optim.plateau_patience must be >= 0"),
+            (0.0 < o.plateau_factor < 1.0, f"optim.plateau_factor = {o.plateau_factor} must be in (0, 1)"),
+            (lo.omega >= 0 and lo.margin >= 0, f"loss.omega = {lo.omega} and loss.margin = {lo.margin} must be >= 0"),
+            (lo.negative_distance is None or lo.negative_distance >= 1, f"loss.negative_distance = {lo.negative_distance} must be >= 1 or null"),
+            (lo.negative_distance is None or lo.negative_min_gap is None,
+             "give loss.negative_distance (fixed) or loss.negative_min_gap (random distance), not both"),
+            (lo.temperature > 0 and lo.invariance_temperature > 0, "loss temperatures must be > 0"),
+            (lo.w_t >= 0 and lo.w_b >= 0, f"loss.w_t = {lo.w_t} and loss.w_b = {lo.w_b} must be >= 0"),
+            (e.every >= 1, f"eval.every = {e.every} must be >= 1"),
+            (e.clips_per_video >= 1, f"eval.clips_per_video = {e.clips_per_video} must be >= 1"),
+            (e.budget_batch >= 2, f"eval.budget_batch = {e.budget_batch} must be >= 2"),
+            (e.grid_images >= 0, f"eval.grid_images = {e.grid_images} must be >= 0"),
+            (0.0 <= e.max_action_drop <= 1.0, f"eval.max_action_drop = {e.max_action_drop} must be a fraction in [0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def uses_triplet(self) -> bool:
+        """Whether L_T needs the positive and negative clips (SPAct and omega = 0 do not)."""
+        return self.loss.method != "spact" and self.loss.omega > 0

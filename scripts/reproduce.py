@@ -425,7 +425,7 @@ def _relative(value: float | None, ref: float | None, *, reduction: bool) -> flo
     if value is None or ref is None or ref == 0:
         return None
     change = 100.0 * (value - ref) / ref
-    return -change if reduction else change
+    return (-change if reduction else change) + 0.0  # + 0.0: no "-0.00" for the reference itself
 
 
 def _pct(x: float | None) -> str:

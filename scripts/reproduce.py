@@ -451,7 +451,7 @@ def render_tables(summary: dict) -> str:
     out = []
     if summary["probes"]:
         out += [
-            "### Table 1: feature-level privacy leakage (probe on utility features of privacy images stacked 16x)",
+            "### Table 1: feature-level privacy leakage (MLP probe on fT features of privacy images repeated into static clips)",
             "",
             "| features | probe cMAP (%) |",
             "|---|---|",

@@ -135,11 +135,17 @@ def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
     assert any(p.name.startswith("ucf_crime-raw.stale-") for p in (runs / "extraction").iterdir())
 
 
-@pytest.mark.slow
 def test_end_to_end_on_a_tiny_world(tiny_paths, monkeypatch):
     """The real stages, two methods, one epoch each: every table, the plot and the summary exist."""
     monkeypatch.setenv("TEDSPAD_PATHS", str(tiny_paths))
     cfg = load_config(ReproduceConfig, "configs/synthetic/reproduce/smoke.yaml", ["run.name=tiny", "run.device=cpu"], check_paths=False)
+    # The tiny world has one training group per action class and a handful of items per split.
+    cfg.overrides.anonymization += [
+        "data.action_val_by=video", "data.action_val_fraction=0.5", "data.privacy_val_fraction=0.25",
+        "optim.steps_per_epoch=2", "optim.batch_size=2", "optim.image_batch_size=4", "eval.budget_batch=6",
+        "eval.grid_images=3",
+    ]
+    cfg.overrides.privacy += ["optim.batch_size=8", "probe.batch_size=8", "probe.hidden=16"]
     assert reproduce.run(cfg) == 0
     out = tiny_paths.parent / "results" / "reproduce" / "tiny"
     summary = json.loads((out / "summary.json").read_text())

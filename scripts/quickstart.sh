@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh" dev,dali
 cd "$ROOT"
-# The world is deterministic: regenerating it gives the same files, so skip it when present.
+# A generated world is kept: regenerating it costs time and changes nothing the pipeline needs.
 if [ ! -f data/synthetic/summary.json ]; then
   "$ROOT/.venv/bin/python" -m aux_code.synthetic --force   # --force: replaces a half-written world
 fi

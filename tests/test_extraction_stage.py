@@ -195,7 +195,7 @@ def test_identity_anonymizer_equals_raw_and_roundtrip(world, runs):
 
     info = read_manifest(raw_dir)
     assert (info.backbone, info.feature_dim, info.clip_len, info.skip, info.resolution, info.decoder) == (
-        "i3d_r50_tiny", 256, 16, 2, 32, "pyav")
+        "i3d_r50_tiny", 256, 8, 4, 32, "pyav")  # the synthetic default: stage 1's clip layout
     assert info.anonymizer == {"method": "raw"} and len(info.utility["checkpoint_sha"]) == 16
     adapter = get_anomaly_dataset("ucf_crime", world / "UCF_Crime")
     items = {it.name: (split, it) for split in ("train", "test") for it in adapter.items(split)}

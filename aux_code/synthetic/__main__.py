@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "data" / "synthetic",
                         help="world root (default: data/synthetic of the project, where configs/paths.yaml points)")
     parser.add_argument("--size", choices=sorted(PRESETS), default="default", help="world size preset")
-    parser.add_argument("--seed", type=int, default=0, help="world seed: the same seed gives byte-identical files")
+    parser.add_argument("--seed", type=int, default=0, help="world seed: the same seed gives the same plan and labels (videos: see tests/test_synthetic.py)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes rendering items in parallel (output does not depend on it)")
     parser.add_argument("--force", action="store_true", help="replace a world already under --out")

@@ -39,9 +39,9 @@ def tiny_world(tmp_path_factory) -> Path:
 @pytest.mark.xfail(
     strict=False,
     reason="known bug (found 2026-11-29, open): 1-3 of the ~100 tiny-world videos differ between two "
-    "generations, even twice in one process with workers=1; the H.264 encoder is deterministic on fixed "
-    "frames and neither OpenCV's thread count nor the FFmpeg version (7.1, 8.0, 8.1) changes it, so some "
-    "rendering step depends on process history (numpy 2.4.6, opencv 4.14.0.94)",
+    "generations, even in one process with workers=1. The rendered frames are identical; libx264 (PyAV "
+    "18.1 wheel) encodes the same frames to different bitstreams on repeated calls in one process, also "
+    "with codec thread_count=1 and an explicit yuv420p conversion (FFmpeg 7.1, 8.0, 8.1 all do it)",
 )
 def test_same_seed_gives_byte_identical_world_whatever_the_worker_count(tiny_world, tmp_path):
     again = tmp_path / "world_b"

@@ -6,32 +6,24 @@ set, manifest, annotation, checkpoint) ends the run with one message and exit st
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from anomaly_detection.config import AnomalyConfig
 from anomaly_detection.data import AnomalyDataError
-from aux_code.checkpoint import CheckpointError
-from aux_code.config import parse_cli
-from aux_code.features import FeatureSetError
-from aux_code.runtime import shutdown_runtime
-from aux_code.segments import LengthMismatchError
 from anomaly_detection.train import run
+from aux_code.checkpoint import CheckpointError
+from aux_code.features import FeatureSetError
+from aux_code.segments import LengthMismatchError
+from aux_code.stages import stage_main
+
+INPUT_ERRORS = (AnomalyDataError, FeatureSetError, LengthMismatchError, CheckpointError)
 
 PROG = "python -m anomaly_detection"
 DEFAULT_CONFIG = "configs/synthetic/anomaly/default.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_cli(AnomalyConfig, argv, default_config=DEFAULT_CONFIG, prog=PROG)
-    try:
-        run(cfg)
-    except (AnomalyDataError, FeatureSetError, LengthMismatchError, CheckpointError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown_runtime()
-    return 0
+    return stage_main(AnomalyConfig, argv, run=run, default_config=DEFAULT_CONFIG, prog=PROG, input_errors=INPUT_ERRORS)
 
 
 if __name__ == "__main__":

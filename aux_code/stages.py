@@ -7,9 +7,13 @@ Stage YAML files live in configs/<stage>/ (paper settings) and configs/synthetic
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from aux_code.config import PROJECT_ROOT, ConfigError
+from aux_code.config import PROJECT_ROOT, ConfigError, parse_cli
+from aux_code.runtime import shutdown_runtime
 
 # config folder -> (module, schema class, stage package run as `python -m <package>`)
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -36,3 +40,30 @@ def schema_for_config_file(path: str | Path) -> type:
     if len(parts) < 2:
         raise ConfigError(f"{path}: stage configs live in configs/<stage>/ with <stage> one of {', '.join(STAGES)}")
     return schema_for_stage(parts[0])
+
+
+def stage_main(
+    schema: type,
+    argv: Sequence[str] | None,
+    *,
+    run: Callable[[Any], Any],
+    default_config: str,
+    prog: str,
+    input_errors: tuple[type[BaseException], ...],
+) -> int:
+    """What every stage's ``python -m <stage>`` does: parse the config, run the stage, and turn an
+    input problem (one of ``input_errors``) into one message and exit status 2.
+
+    ``run(cfg)`` may return an exit status (an int: feature extraction returns 1 when some video
+    failed); any other return value (a results dict) means success, 0. The runtime (a torchrun
+    process group) is shut down whatever happens.
+    """
+    cfg = parse_cli(schema, argv, default_config=default_config, prog=prog)
+    try:
+        status = run(cfg)
+    except input_errors as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_runtime()
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0

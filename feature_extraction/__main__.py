@@ -8,30 +8,23 @@ output directory; the rest are extracted), 2 for an input problem found before e
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from aux_code.checkpoint import CheckpointError
-from aux_code.config import parse_cli
 from aux_code.datasets import DatasetError
-from aux_code.runtime import shutdown_runtime
+from aux_code.stages import stage_main
 from feature_extraction.config import ExtractionConfig
 from feature_extraction.decoders import DecoderError
 from feature_extraction.pipeline import run
+
+INPUT_ERRORS = (DatasetError, CheckpointError, DecoderError)
 
 PROG = "python -m feature_extraction"
 DEFAULT_CONFIG = "configs/synthetic/extraction/default.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_cli(ExtractionConfig, argv, default_config=DEFAULT_CONFIG, prog=PROG)
-    try:
-        return run(cfg)
-    except (DatasetError, CheckpointError, DecoderError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown_runtime()
+    return stage_main(ExtractionConfig, argv, run=run, default_config=DEFAULT_CONFIG, prog=PROG, input_errors=INPUT_ERRORS)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from anomaly_detection.data import EvalVideo
 from anomaly_detection.evaluate import video_ground_truth
-from aux_code.checkpoint import atomic_write
+from aux_code.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from aux_code.metrics import robust_rescale
 from aux_code.segments import expand_clip_scores
 
@@ -29,14 +28,10 @@ RESULTS_MD_HEADER = (
 )
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def write_results(run_dir: Path, results: Mapping) -> None:
     """results.json and its one-line Markdown row results.md."""
-    _write_text(run_dir / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
-    _write_text(run_dir / "results.md", results_md_row(results) + "\n")
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_text(run_dir / "results.md", results_md_row(results) + "\n")
 
 
 def results_md_row(results: Mapping) -> str:

@@ -11,7 +11,6 @@ rewrites its results.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from anonymization_training.steps import (
     backward_step,
     budget_terms,
 )
-from aux_code.checkpoint import CheckpointError, atomic_write, load_state_dict_strict
+from aux_code.checkpoint import CheckpointError, atomic_write_json, load_state_dict_strict
 from aux_code.config import ConfigError, config_hash
 from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_utility
 from aux_code.models.stored import load_stored_model, pack_model
@@ -201,8 +200,7 @@ def save_grid(anonymizer: nn.Module, images: torch.Tensor, ctx: RunContext, epoc
 
 
 def write_results(run_dir: Path, results: dict) -> None:
-    text = json.dumps(results, indent=1, sort_keys=True) + "\n"
-    atomic_write(run_dir / "results.json", lambda f: f.write(text.encode()))
+    atomic_write_json(run_dir / "results.json", results)
 
 
 def lr_factor(epoch: int, warmup_epochs: int) -> float:
@@ -591,7 +589,7 @@ def task_minimax(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
         initial = validate(0)
         initial["epoch"] = 0
         ctx.logger.log(0, initial, phase="val")
-        _log(ctx, f"minimax epoch 0 (inits, before any step): " + ", ".join(f"{k}={v:.4g}" for k, v in initial.items()))
+        _log(ctx, "minimax epoch 0 (inits, before any step): " + ", ".join(f"{k}={v:.4g}" for k, v in initial.items()))
 
     for epoch in range(start_epoch, o.epochs):
         started = time.perf_counter()

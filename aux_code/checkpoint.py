@@ -7,6 +7,7 @@ load can use ``weights_only=True``.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +46,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically (see :func:`atomic_write`)."""
+    data = text.encode()
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_json(path: str | Path, data: Any, *, default: Callable[[Any], Any] | None = None) -> Path:
+    """Write JSON (indent 1, sorted keys, trailing newline) atomically; ``default`` as in json.dumps."""
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=default) + "\n")
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:

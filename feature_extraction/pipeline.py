@@ -47,7 +47,7 @@ from tqdm import tqdm
 import av
 
 from aux_code.anonymizers import FrameAnonymizer, build_frame_anonymizer
-from aux_code.checkpoint import CheckpointError, atomic_write, file_digest
+from aux_code.checkpoint import CheckpointError, atomic_write_json, file_digest
 from aux_code.clips import clip_frame_indices, extraction_starts
 from aux_code.config import config_hash, resolve_under
 from aux_code.datasets import AnomalyVideo, DatasetError, get_anomaly_dataset
@@ -59,7 +59,7 @@ from aux_code.training import start_run
 from aux_code.transforms import ClipEval
 from aux_code.video import VideoDecodeError, probe
 from feature_extraction.config import ExtractionConfig
-from feature_extraction.decoders import DecoderError, choose_decoder, dali_available, dali_clips, pyav_clips, video_codec
+from feature_extraction.decoders import choose_decoder, dali_available, dali_clips, pyav_clips, video_codec
 
 STAGE = "extraction"
 FAILURES = "failures.json"
@@ -633,11 +633,6 @@ class FeatureWriter:
         self._unjournaled.clear()
 
 
-def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True, default=str).encode()
-    atomic_write(path, lambda f: f.write(text))
-
-
 def _gather(obj: Any, dist: DistInfo) -> list[Any]:
     if not dist.distributed:
         return [obj]
@@ -775,7 +770,7 @@ def run(cfg: ExtractionConfig) -> int:
     if dist.is_main:
         info.videos = {name: entries[name] for name in sorted(entries)}
         write_manifest(out_dir, info)
-        write_json(out_dir / FAILURES, failures)
+        atomic_write_json(out_dir / FAILURES, failures, default=str)
         (out_dir / RESULTS).unlink(missing_ok=True)
     if dist.distributed:
         torch.distributed.barrier()
@@ -812,6 +807,6 @@ def run(cfg: ExtractionConfig) -> int:
             for f in failures:
                 print(f"  {f['name']}: {f['error']}", flush=True)
         else:
-            write_json(out_dir / RESULTS, summary)  # last action: marks the run complete
+            atomic_write_json(out_dir / RESULTS, summary, default=str)  # last action: marks the run complete
     ctx.finish()
     return 1 if failures else 0

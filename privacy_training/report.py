@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from aux_code.checkpoint import atomic_write
+from aux_code.checkpoint import atomic_write_json, atomic_write_text
 
 RESULTS_MD_HEADER = (
     "| run | task | anonymizer | test cMAP | chance cMAP | macro F1 | privacy reduction % | val cMAP (epoch) "
@@ -25,14 +25,10 @@ class CompareError(ValueError):
     """The raw run named by eval.compare_to cannot be read."""
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def write_results(run_dir: Path, results: Mapping) -> None:
     """results.md first, then results.json (the 'done' marker) last."""
-    _write_text(run_dir / "results.md", results_md_row(results) + "\n")
-    _write_text(run_dir / "results.json", json.dumps(results, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(run_dir / "results.md", results_md_row(results) + "\n")
+    atomic_write_json(run_dir / "results.json", results)
 
 
 def anonymizer_label(describe: Mapping) -> str:

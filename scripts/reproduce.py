@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from aux_code.checkpoint import atomic_write
+from aux_code.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from aux_code.config import ConfigError, PathsConfig, RunConfig, config_hash, load_config, opt, parse_cli, resolve_under, to_dict
 from aux_code.runtime import run_dir_for
 from aux_code.stages import STAGES, schema_for_stage
@@ -291,10 +291,6 @@ def _load_step_config(step: Step) -> Any:
     return load_config(schema_for_stage(step.stage), step.config, list(step.argv()[2:]))
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=1, sort_keys=True, default=str) + "\n").encode()))
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -324,7 +320,7 @@ def run_step(step: Step, fingerprint: str, run_dir: Path, *, launcher=launch) ->
         run_dir.rename(stale)
         print(f"  (run directory was not made by this script: moved to {stale})", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": False, "command": step.command()})
+    atomic_write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": False, "command": step.command()})
     start = time.perf_counter()
     rc = launcher(step)
     seconds = time.perf_counter() - start
@@ -332,7 +328,7 @@ def run_step(step: Step, fingerprint: str, run_dir: Path, *, launcher=launch) ->
         raise StepFailed(f"{step.key} exited with status {rc}")
     if not (run_dir / "results.json").is_file():
         raise StepFailed(f"{step.key} finished without writing {run_dir / 'results.json'}")
-    _write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": True, "command": step.command(), "seconds": round(seconds, 2)})
+    atomic_write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": True, "command": step.command(), "seconds": round(seconds, 2)})
     return "ran", seconds
 
 
@@ -519,9 +515,9 @@ def run(cfg: ReproduceConfig, *, launcher=launch) -> int:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = render_tables(summary)
-    atomic_write(out_dir / "tables.md", lambda f: f.write((tables + "\n").encode()))
+    atomic_write_text(out_dir / "tables.md", tables + "\n")
     draw_tradeoff(summary, out_dir / "tradeoff.png")
-    _write_json(out_dir / "summary.json", summary)
+    atomic_write_json(out_dir / "summary.json", summary, default=str)
     print("\n" + tables)
     bad = {k: d for k, d in done.items() if d["status"] in ("failed", "skipped")}
     for k, d in bad.items():

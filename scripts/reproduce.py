@@ -303,22 +303,23 @@ def launch(step: Step) -> int:
     return importlib.import_module(f"{STAGES[step.stage][2]}.__main__").main(step.argv())
 
 
+def _move_aside(run_dir: Path, tag: str, why: str) -> None:
+    stale = run_dir.with_name(f"{run_dir.name}.stale-{tag}")
+    shutil.rmtree(stale, ignore_errors=True)
+    run_dir.rename(stale)
+    print(f"  ({why}: previous run moved to {stale})", flush=True)
+
+
 def run_step(step: Step, fingerprint: str, run_dir: Path, *, launcher=launch) -> tuple[str, float]:
     """Run (or reuse) one step; returns ('reused' | 'ran', seconds). Raises StepFailed."""
     marker = _read_json(run_dir / MARKER)
     if marker and marker.get("fingerprint") == fingerprint and marker.get("done") and (run_dir / "results.json").is_file():
         return "reused", 0.0
+    # A run of other inputs, or one made by hand (no marker): keep it aside, never resume it.
     if marker and marker.get("fingerprint") != fingerprint and run_dir.exists():
-        stale = run_dir.with_name(f"{run_dir.name}.stale-{marker.get('fingerprint', 'unknown')}")
-        shutil.rmtree(stale, ignore_errors=True)
-        run_dir.rename(stale)
-        print(f"  (inputs or config changed: previous run moved to {stale})", flush=True)
+        _move_aside(run_dir, marker.get("fingerprint", "unknown"), "inputs or config changed")
     elif not marker and run_dir.exists() and any(run_dir.iterdir()):
-        # A run made by hand with unknown inputs: keep it, but do not trust it.
-        stale = run_dir.with_name(f"{run_dir.name}.stale-manual")
-        shutil.rmtree(stale, ignore_errors=True)
-        run_dir.rename(stale)
-        print(f"  (run directory was not made by this script: moved to {stale})", flush=True)
+        _move_aside(run_dir, "manual", "run directory was not made by this script")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": False, "command": step.command()})
     start = time.perf_counter()

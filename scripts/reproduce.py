@@ -166,7 +166,6 @@ class Step:
 class Point:
     """One row of a table: a method (or ablation variant) and the steps that give its numbers."""
 
-    method: str
     label: str
     privacy: str  # step keys
     anomaly: str
@@ -202,6 +201,13 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
     def utility() -> str:
         return plan.add(Step("anonymization", files.utility, "utility", anon()))
 
+    def utility_needs(ckpt: str | None) -> tuple[str, ...]:
+        # Only the stage-1 utility run is made here; another fT (a weights file) needs no step.
+        return (utility(),) if ckpt == pretrained else ()
+
+    def trained_fa(ckpt: str) -> tuple[str, ...]:
+        return ("anonymizer.method=unet", f"anonymizer.checkpoint={ckpt}")
+
     def learned_init() -> tuple[str, ...]:
         identity = plan.add(Step("anonymization", files.identity, "identity", anon()))
         budget = plan.add(Step("anonymization", files.budget, "budget", anon()))
@@ -210,11 +216,11 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
     def point(name: str, label: str, anonymizer: tuple[str, ...], minimax: tuple[str, ...] | None) -> str:
         if minimax is None:
             anon_overrides, utility_ckpt = anonymizer, cfg.baseline_utility
-            needs = (utility(),) if utility_ckpt == pretrained else ()
+            needs = utility_needs(utility_ckpt)
         else:
             trained = plan.add(Step("anonymization", files.minimax, name, anon(*minimax), learned_init()))
             ckpt = f"anonymization/{name}/best.pt"
-            anon_overrides, utility_ckpt, needs = ("anonymizer.method=unet", f"anonymizer.checkpoint={ckpt}"), ckpt, (trained,)
+            anon_overrides, utility_ckpt, needs = trained_fa(ckpt), ckpt, (trained,)
         privacy = plan.add(Step("privacy", files.privacy, name, (*common, *extra.privacy, *anon_overrides), needs))
         run = f"{cfg.dataset}-{name}"
         features = plan.add(
@@ -224,7 +230,7 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
             )
         )
         anomaly = plan.add(Step("anomaly", files.anomaly, run, (*common, *extra.anomaly, f"data.features=extraction/{run}"), (features,)))
-        plan.points[name] = Point(name, label, privacy, anomaly)
+        plan.points[name] = Point(label, privacy, anomaly)
         return name
 
     main = []
@@ -245,10 +251,9 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
         rows += [(m, LEARNED[m][0], f"anonymization/{m}/best.pt") for m in cfg.methods if m in LEARNED]
         for method, label, ckpt in rows:
             if method == "raw":
-                anon_overrides = ("anonymizer.method=raw",)
-                needs = (utility(),) if ckpt == pretrained else ()
+                anon_overrides, needs = ("anonymizer.method=raw",), utility_needs(ckpt)
             else:
-                needs, anon_overrides = (f"anonymization/{method}",), ("anonymizer.method=unet", f"anonymizer.checkpoint={ckpt}")
+                anon_overrides, needs = trained_fa(ckpt), (f"anonymization/{method}",)
             source = (f"probe.checkpoint={ckpt}", "probe.weights=null") if ckpt else ()
             key = plan.add(Step("privacy", files.probe, f"probe-{method}", (*common, *extra.privacy, *anon_overrides, *source), needs))
             plan.probes[label] = (key, method)

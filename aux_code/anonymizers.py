@@ -246,10 +246,6 @@ class FrameAnonymizer:
             return blur_boxes(frames, boxes, kernel=self.section.blur_kernel, sigma=self.section.blur_sigma)
         return blacken_boxes(frames, boxes)
 
-    def to(self, device: torch.device | str) -> "FrameAnonymizer":
-        self.model.to(device)
-        return self
-
     def describe(self) -> dict:
         """Plain data naming exactly this transform (method, parameters, checkpoint digest)."""
         return dict(self._description)

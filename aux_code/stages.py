@@ -61,7 +61,7 @@ def stage_main(
     cfg = parse_cli(schema, argv, default_config=default_config, prog=prog)
     try:
         status = run(cfg)
-    except input_errors as e:
+    except (ConfigError, *input_errors) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     finally:

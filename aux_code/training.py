@@ -25,11 +25,52 @@ import numpy as np
 import torch
 
 from aux_code.checkpoint import load_checkpoint, save_checkpoint
-from aux_code.config import to_dict, write_run_config
+import yaml
+
+from aux_code.config import ConfigError, to_dict, write_run_config
 from aux_code.runtime import DistInfo, MetricLogger, init_runtime, run_dir_for, seed_everything
 
 LAST = "last.pt"
 BEST = "best.pt"
+
+# What a resumed run may change: how long it trains, where files live, how it runs and logs.
+# Anything else (model, data, loss, optimiser, seed) would silently continue a different
+# experiment from the old weights.
+RESUMABLE_KEYS = ("optim.epochs", "paths.", "run.name", "run.resume", "run.log_every", "run.num_workers",
+                  "run.device", "eval.plot_videos")
+
+
+class ResumeMismatchError(ConfigError):
+    """A run directory holds a checkpoint made with another config than the one given now."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resumable(run_dir: Path, cfg: Any) -> None:
+    """Raise when ``run_dir`` has a checkpoint whose config differs from ``cfg`` beyond RESUMABLE_KEYS."""
+    saved = run_dir / "config.yaml"
+    if not ((run_dir / LAST).is_file() and saved.is_file()):
+        return
+    old = _flatten(yaml.safe_load(saved.read_text()) or {})
+    new = _flatten(to_dict(cfg))
+    changed = sorted(
+        key for key in set(old) | set(new)
+        if old.get(key) != new.get(key) and not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS)
+    )
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ResumeMismatchError(
+            f"{run_dir} holds a run made with another config ({shown}{more}); resuming would continue that run. "
+            "Use a new run.name, or run.resume=false to start this one over"
+        )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -138,6 +179,8 @@ def start_run(cfg: Any, *, stage: str, select: Literal["max", "min"] = "max", te
     dist = init_runtime(cfg.run.device)
     seed_everything(cfg.run.seed, rank=dist.rank, deterministic=cfg.run.deterministic)
     run_dir = run_dir_for(cfg.paths.runs, stage, cfg.run.name)
+    if cfg.run.resume:
+        check_resumable(run_dir, cfg)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(cfg, run_dir)

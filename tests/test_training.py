@@ -9,7 +9,15 @@ import torch
 
 from aux_code.checkpoint import load_checkpoint, save_checkpoint
 from aux_code.config import PathsConfig, RunConfig, opt
-from aux_code.training import BestTracker, NonFiniteLossError, check_finite, rng_state, set_rng_state, start_run
+from aux_code.training import (
+    BestTracker,
+    NonFiniteLossError,
+    ResumeMismatchError,
+    check_finite,
+    rng_state,
+    set_rng_state,
+    start_run,
+)
 
 
 def test_check_finite_names_step_and_terms():
@@ -54,3 +62,17 @@ def test_start_run_save_and_resume(tmp_path):
     state = again.resume_or({})
     assert state["epoch"] == 2 and torch.equal(state["w"], torch.zeros(1))
     assert again.best.best_epoch == 1
+
+
+def test_resume_refuses_a_changed_config_but_allows_more_epochs(tmp_path):
+    cfg = TinyStage()
+    cfg.paths.runs = str(tmp_path)
+    cfg.run.name = "r"
+    start_run(cfg, stage="demo", tensorboard=False).save({"w": torch.ones(1)}, epoch=1)
+    cfg.run.log_every = 99  # how a run logs may change on resume
+    start_run(cfg, stage="demo", tensorboard=False).finish()
+    cfg.run.seed = 5
+    with pytest.raises(ResumeMismatchError, match=r"run\.seed: 0 -> 5.*new run\.name, or run\.resume=false"):
+        start_run(cfg, stage="demo", tensorboard=False)
+    cfg.run.resume = False  # starting over is allowed
+    start_run(cfg, stage="demo", tensorboard=False).finish()

@@ -40,14 +40,15 @@ class DataSection:
     action_fold: int = opt(1, "UCF101 split (trainlist0N / testlist0N) of the proxy action set.")
     action_val_fraction: float = opt(
         0.2,
-        "Fraction of each class's train-list groups (gXX: shared actors and scene; see action_val_by) held out as the "
-        "validation split (seeded). Selection uses only this split; testlist0N is reported by utility_pretrain, "
-        "never selected on.",
+        "Fraction of the train list's group numbers (gXX: shared actors and scene; see action_val_by) held out, in "
+        "every class, as the validation split (seeded). Selection uses only this split; testlist0N is reported by "
+        "utility_pretrain, never selected on.",
     )
     action_val_by: Literal["group", "video"] = opt(
         "group",
-        "Unit of the action validation carve: whole groups (UCF101's gXX, as the official splits do) or single "
-        "videos (only for sets with too few groups, e.g. test worlds; clips of a group then appear on both sides).",
+        "Unit of the action validation carve: whole group numbers across all classes (UCF101's gXX, as the official "
+        "splits do) or single videos per class (only for sets with too few groups, e.g. test worlds; clips of a "
+        "group then appear on both sides).",
     )
     action_val_seed: int = opt(0, "Seed of the action validation carve (independent of run.seed).")
     privacy_val_fraction: float = opt(0.1, "Fraction of the privacy train images held out for validation (VISPR 'val').")

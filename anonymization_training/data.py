@@ -90,29 +90,32 @@ _GROUP = re.compile(r"_g(\d+)_c\d+$")
 
 
 def video_group(item: VideoItem) -> str:
-    """UCF101's group of a video (``v_<Class>_gXX_cYY`` -> ``<Class>_gXX``); the name itself if it has none.
+    """UCF101's group number of a video (``v_<Class>_gXX_cYY`` -> ``gXX``); the name itself if it has none.
 
-    Clips of one group share actors and background, so a validation split that cuts
-    through groups measures recognition of those actors rather than of the action.
+    Clips of one group share actors and background. UCF101's official splits hold out whole
+    group numbers (g01-g07 for testlist01) across every class, so a validation carve by
+    group number asks the same question as the test list: is the action recognised in front
+    of people and places never seen in training.
     """
     match = _GROUP.search(item.name)
-    return f"{item.class_name}_g{match.group(1)}" if match else item.name
+    return f"g{match.group(1)}" if match else item.name
 
 
 def load_action_splits(root: str | Path, *, fold: int, val_fraction: float, val_seed: int,
                        by: str = "group") -> ActionSplits:
-    """UCF101-layout splits; validation is carved from the train list (never the test list), per
-    class, by whole groups (``by="group"``, :func:`video_group`) or by single videos (``"video"``)."""
+    """UCF101-layout splits; validation is carved from the train list (never the test list), by
+    whole group numbers across all classes (``by="group"``, :func:`video_group`) or by single
+    videos stratified by class (``"video"``)."""
     dataset = UCF101(root, fold=fold)
     train_all = dataset.items("train")
-    groups: dict[str, list[VideoItem]] = {}
+    units: dict[str, list[VideoItem]] = {}
     for item in train_all:
-        groups.setdefault(video_group(item) if by == "group" else item.name, []).append(item)
-    label_of = {g: items[0].label for g, items in groups.items()}
-    train_groups, val_groups = carve_validation(list(groups), fraction=val_fraction, seed=val_seed, key=lambda g: g,
-                                                stratify=lambda g: label_of[g])
-    train = sorted((v for g in train_groups for v in groups[g]), key=lambda v: v.name)
-    val = sorted((v for g in val_groups for v in groups[g]), key=lambda v: v.name)
+        units.setdefault(video_group(item) if by == "group" else item.name, []).append(item)
+    label_of = {u: items[0].label for u, items in units.items()}
+    train_units, val_units = carve_validation(list(units), fraction=val_fraction, seed=val_seed, key=lambda u: u,
+                                              stratify=None if by == "group" else (lambda u: label_of[u]))
+    train = sorted((v for u in train_units for v in units[u]), key=lambda v: v.name)
+    val = sorted((v for u in val_units for v in units[u]), key=lambda v: v.name)
     test = dataset.items("test")
     for name, items in (("train", train), ("validation", val), ("test", test)):
         if not items:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import anonymization_training.data as anonymization_data
 from anonymization_training.__main__ import main
 from anonymization_training.config import AnonymizationConfig
 from anonymization_training.data import (
@@ -34,6 +35,7 @@ from anonymization_training.steps import (
 from anonymization_training.train import selection_score
 from aux_code.checkpoint import load_checkpoint
 from aux_code.config import PROJECT_ROOT, describe, load_config
+from aux_code.datasets import VideoItem
 from aux_code.losses.contrastive import nt_xent, temporal_distinctive_triplet
 from aux_code.models import build_anonymizer, build_budget, build_embedding_head, build_utility
 from aux_code.models.stored import load_stored_model
@@ -278,7 +280,7 @@ def test_group_carve_and_triplet_clips(tiny_world):
     splits = load_action_splits(tiny_world / "UCF101", fold=1, val_fraction=0.5, val_seed=0, by="video")
     assert {v.name for v in splits.train}.isdisjoint({v.name for v in splits.val})
     assert not {v.name for v in splits.val} & {v.name for v in splits.test}
-    assert video_group(splits.train[0]).endswith("_g02")
+    assert video_group(splits.train[0]) == "g02"
     source = VideoSource(splits.train[:2], cache=True)
     ds = ActionClips(source, train_transform(SIZE, scale=(0.8, 0.8), jitter_p=0.0, erase_p=0.0), clip_len=8, skip=4,
                      triplet=True, negative_distance=32)
@@ -286,6 +288,28 @@ def test_group_carve_and_triplet_clips(tiny_world):
     assert item["clip"].shape == item["positive"].shape == item["negative"].shape == (3, 8, SIZE, SIZE)
     assert ds[(0, 123)]["clip"].equal(item["clip"])  # a sample seed reproduces the sample
     assert not item["negative"].equal(item["clip"])
+
+
+def test_group_carve_holds_out_whole_group_numbers_in_every_class(monkeypatch):
+    # UCF101's splits hold out group numbers across all classes; the validation carve must too,
+    # or a group seen with other classes in training would sit in validation under a new class.
+    classes = ("A", "B", "C")
+    train = [VideoItem(Path(f"{c}/v_{c}_g{g:02d}_c01.avi"), f"v_{c}_g{g:02d}_c01", i, c)
+             for i, c in enumerate(classes) for g in range(2, 12)]
+
+    class FakeUCF101:
+        def __init__(self, root, *, fold):
+            self.classes = classes
+
+        def items(self, split):
+            return train if split == "train" else train[:1]
+
+    monkeypatch.setattr(anonymization_data, "UCF101", FakeUCF101)
+    splits = load_action_splits("unused", fold=1, val_fraction=0.2, val_seed=0, by="group")
+    val_groups = {video_group(v) for v in splits.val}
+    assert len(val_groups) == 2 and val_groups.isdisjoint(video_group(v) for v in splits.train)
+    # every class loses the same two group numbers
+    assert sorted(v.class_name for v in splits.val) == ["A", "A", "B", "B", "C", "C"]
 
 
 # --------------------------------------------------------------------------- end to end

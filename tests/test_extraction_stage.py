@@ -195,7 +195,7 @@ def test_identity_anonymizer_equals_raw_and_roundtrip(world, runs):
 
     info = read_manifest(raw_dir)
     assert (info.backbone, info.feature_dim, info.clip_len, info.skip, info.resolution, info.decoder) == (
-        "i3d_r50_tiny", 256, 8, 4, 32, "pyav")  # the synthetic default: stage 1's clip layout
+        "i3d_r50_tiny", 256, 8, 2, 32, "pyav")  # the synthetic default: stage 1's clip layout
     assert info.anonymizer == {"method": "raw"} and len(info.utility["checkpoint_sha"]) == 16
     adapter = get_anomaly_dataset("ucf_crime", world / "UCF_Crime")
     items = {it.name: (split, it) for split in ("train", "test") for it in adapter.items(split)}
@@ -203,7 +203,7 @@ def test_identity_anonymizer_equals_raw_and_roundtrip(world, runs):
     for name, entry in info.videos.items():
         split, item = items[name]
         assert (entry.split, entry.label, entry.class_name) == (split, item.label, item.class_name)
-        assert entry.num_clips == entry.num_frames // 32 == raw[name].shape[0]
+        assert entry.num_clips == entry.num_frames // 16 == raw[name].shape[0]
         assert entry.intervals == ([] if item.intervals is None else [list(p) for p in item.intervals])
         assert raw[name].dtype == np.float32 and raw[name].shape[1] == 256
     for split in ("train", "test"):
@@ -212,7 +212,7 @@ def test_identity_anonymizer_equals_raw_and_roundtrip(world, runs):
         assert all(Path(p).is_file() for p in listed)
 
     data = load_anomaly_data(raw_dir, feature_dim=None, dataset="ucf_crime", validation_fraction=0.0, num_segments=8)
-    assert data.feature_dim == 256 and data.clip_span == 32
+    assert data.feature_dim == 256 and data.clip_span == 16
     assert data.counts() == {"train_normal": 2, "train_abnormal": 2, "validation": 0, "test_normal": 2, "test_abnormal": 2}
     for video in data.test:
         np.testing.assert_array_equal(data.eval_features(video)[:, 0], raw[video.name])

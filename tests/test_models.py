@@ -131,9 +131,29 @@ def test_i3d_r50_shapes(stem, frames, t_out):
 
 
 def test_i3d_r50_too_few_frames_is_a_clear_error():
-    model = tiny_r50()
+    model = tiny_r50(stem="resnet3d")
     with pytest.raises(ValueError, match="at least 7 frames"):
         model(torch.rand(1, 3, 6, 32, 32))
+
+
+def test_frame_difference_input_sees_only_what_changes():
+    torch.manual_seed(0)
+    model = tiny_r50().eval()  # the tiny preset: clip_input="difference"
+    assert model.clip_input == "difference"
+    still = torch.rand(1, 3, 1, 32, 32).expand(1, 3, 8, 32, 32)
+    other_still = torch.rand(1, 3, 1, 32, 32).expand(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        # a still clip is all zeros after differencing, whatever the picture
+        assert torch.allclose(model(still)[1], model(other_still)[1])
+        moving = torch.rand(1, 3, 8, 32, 32)
+        assert not torch.allclose(model(moving)[1], model(still)[1])
+        # adding a constant to every frame changes no difference
+        assert torch.allclose(model(moving)[1], model(moving + 0.1)[1], atol=1e-5)
+    rgb = tiny_r50(clip_input="rgb").eval()
+    with torch.no_grad():
+        assert not torch.allclose(rgb(still)[1], rgb(other_still)[1])
+    with pytest.raises(ValueError, match="clip_input"):
+        tiny_r50(clip_input="flow")
 
 
 def test_i3d_r50_temporal_kernels_follow_the_public_pattern():

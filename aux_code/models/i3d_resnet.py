@@ -120,6 +120,12 @@ class I3DResNet(nn.Module):
     temporal kernels follow :data:`I3D_R50_TEMPORAL_KERNELS`, cut or cycled to ``blocks``.
     The feature is the global average after layer4 (before dropout); logits are
     ``fc(dropout(feature))``.
+
+    ``clip_input="difference"`` feeds the stem frame differences (frame t minus frame t-1,
+    zero for the first frame) instead of the normalised frames. The paper's fT is RGB with
+    Kinetics weights; the synthetic world's tiny fT is trained from scratch on a few hundred
+    clips, where an RGB stem learns the scenes and people first and motion hardly at all
+    (docs/benchmarks.md, "Synthetic fT"), so the tiny preset sees what moves.
     """
 
     def __init__(
@@ -131,8 +137,12 @@ class I3DResNet(nn.Module):
         temporal_kernels: Sequence[Sequence[int]] | None = None,
         stem: Stem = "resnet3d",
         dropout: float = 0.5,
+        clip_input: Literal["rgb", "difference"] = "rgb",
     ):
         super().__init__()
+        if clip_input not in ("rgb", "difference"):
+            raise ValueError(f"I3DResNet: clip_input must be 'rgb' or 'difference', got {clip_input!r}")
+        self.clip_input = clip_input
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"I3DResNet: blocks must be 4 positive counts, got {tuple(blocks)}")
         kernels = temporal_kernels or I3D_R50_TEMPORAL_KERNELS
@@ -191,7 +201,11 @@ class I3DResNet(nn.Module):
             raise ValueError(
                 f"I3DResNet (stem {self.stem_variant!r}) needs at least {self.min_frames} frames, got {clip.shape[2]}"
             )
-        x = (clip - self.mean) / self.std
+        if self.clip_input == "rgb":
+            x = (clip - self.mean) / self.std
+        else:
+            # (B, 3, T, H, W): differences along T, a zero first step keeps T.
+            x = torch.diff(clip, dim=2, prepend=clip[:, :, :1]) / self.std
         x = self.stem(x)
         x = self.temporal_pool(self.layer1(x))
         x = self.layer2(x)

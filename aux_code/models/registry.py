@@ -11,8 +11,9 @@ resolves them against ``paths.weights``).
 kind           names
 =============  ========================================================================
 anonymizer     ``unet`` (width 64, 17.27 M), ``unet_tiny`` (width 4), ``identity``
-utility        ``i3d_r50``, ``i3d_r50_tiny`` (width 8, blocks 2-2-2-2),
-               ``i3d_inception``, ``i3d_inception_tiny`` (width_mult 1/16)
+utility        ``i3d_r50``, ``i3d_r50_tiny`` (width 8, blocks 2-2-2-2, pytorchvideo stem,
+               frame-difference input), ``i3d_inception``, ``i3d_inception_tiny``
+               (width_mult 1/16)
 budget         ``resnet50``, ``resnet_tiny`` (width 8, layers 1-1-1-1)
 target         ``resnet50``, ``resnet_tiny``
 =============  ========================================================================
@@ -61,7 +62,7 @@ ANONYMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
 }
 UTILITIES: dict[str, tuple[type, dict[str, Any]]] = {
     "i3d_r50": (I3DResNet, {"width": 64, "blocks": (3, 4, 6, 3)}),
-    "i3d_r50_tiny": (I3DResNet, {"width": 8, "blocks": (2, 2, 2, 2)}),
+    "i3d_r50_tiny": (I3DResNet, {"width": 8, "blocks": (2, 2, 2, 2), "stem": "pytorchvideo", "clip_input": "difference"}),
     "i3d_inception": (InceptionI3D, {"width_mult": 1.0}),
     "i3d_inception_tiny": (InceptionI3D, {"width_mult": 1.0 / 16}),
 }
@@ -120,8 +121,8 @@ def build_utility(
     """fT by name, returning ``(logits, feature)`` from ``(B, 3, T, H, W)`` clips in [0, 1].
 
     For the I3D-R50 names, ``stem`` defaults to the stem the weights were trained with
-    (``"pytorchvideo"`` for pytorchvideo files, else ``"resnet3d"``); pass ``stem=`` to
-    override. ``reset_head=True`` re-initialises the classifier when ``num_classes``
+    (``"pytorchvideo"`` or ``"resnet3d"``) and RGB input when the weights are a public file;
+    a checkpoint of this project keeps the preset's architecture. Pass ``stem=`` to override. ``reset_head=True`` re-initialises the classifier when ``num_classes``
     differs from the checkpoint's (e.g. UCF101's 101 on Kinetics-400 weights).
     """
     arch = {"num_classes": num_classes, **arch}
@@ -133,7 +134,10 @@ def build_utility(
                 _, layout = detect_utility_layout(sd, model_type=I3DResNet, source=where)
             else:
                 layout = weights_layout
-            arch["stem"] = "pytorchvideo" if layout == "pytorchvideo" else "resnet3d"
+            if layout in ("resnet3d", "pytorchvideo"):
+                # Public files are RGB models with their own stem, whatever the preset's defaults.
+                arch["stem"] = layout
+                arch.setdefault("clip_input", "rgb")
     model = _construct("utility", name, arch)
     if sd is not None:
         load_utility_state_dict(model, sd, source=where, layout=weights_layout, reset_head=reset_head)

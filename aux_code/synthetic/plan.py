@@ -101,7 +101,9 @@ def plan_ucf101(size: WorldSize, seed: int) -> list[ActionClipPlan]:
     clips = []
     for class_index, class_name in enumerate(ACTION_CLASSES[: size.action_classes]):
         for group in range(1, size.groups_per_class + 1):
-            traits_rng = item_rng(seed, (_UCF101, class_index, group), TRAITS_STREAM)
+            # Group g has the same people in every class (each performs every action, as in KTH):
+            # with a few groups per class, per-class people would let appearance name the class.
+            traits_rng = item_rng(seed, (_UCF101, group), TRAITS_STREAM)
             layout = COMPANION_LAYOUTS[int(traits_rng.choice(len(COMPANION_LAYOUTS), p=_LAYOUT_PROBS))]
             people = tuple(sample_traits(traits_rng) for _ in range(1 + _LAYOUT_COMPANIONS[layout]))
             # Split k (1..3) tests on its own block of groups, like UCF101's three splits.

@@ -83,8 +83,10 @@ def _draw_frame(scene: Scene, people: list[tuple[FigureState, Look]], projectile
 def render_action_clip(plan: ActionClipPlan, size: WorldSize, seed: int) -> Rendered:
     """One action clip: the actor performs the class; companions stand by (relationship attributes)."""
     h, w = size.frame_height, size.frame_width
-    # A group shares camera, place and person, as UCF101 groups do; clips differ in timing and position.
-    group_rng = item_rng(seed, plan.key[:3], RENDER_STREAM)
+    # A group shares camera, place and people, as UCF101 groups do, and (unlike UCF101) across
+    # classes too: group g's place and people perform every action, so that on a world with
+    # a few groups per class the background or a face cannot stand in for the motion.
+    group_rng = item_rng(seed, (plan.key[0], plan.group), RENDER_STREAM)
     scene = make_scene(group_rng, height=h, width=w)
     looks = [sample_look(group_rng, traits) for traits in plan.people]
     base_height = h * group_rng.uniform(0.56, 0.66)

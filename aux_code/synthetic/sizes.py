@@ -20,10 +20,12 @@ class WorldSize:
     image_sizes: tuple[tuple[int, int], ...] = ((80, 96), (96, 80), (88, 88))
 
     # UCF101 analogue: classes x groups x clips, the first `test_groups` groups form testlist01.
+    # Group g is the same people and place in every class; 12 groups leave a tiny fT trained
+    # from scratch enough unseen people to learn motion rather than faces and backgrounds.
     action_classes: int = 10
-    groups_per_class: int = 4
+    groups_per_class: int = 12
     clips_per_group: int = 3
-    test_groups: int = 1
+    test_groups: int = 3
     action_frames: tuple[int, int] = (64, 112)
 
     # VISPR analogue.
@@ -32,8 +34,10 @@ class WorldSize:
 
     # Anomaly datasets: (abnormal, normal) video counts per split.
     anomaly_frames: tuple[int, int] = (96, 320)
-    ucf_crime_train: tuple[int, int] = (20, 20)
-    ucf_crime_test: tuple[int, int] = (10, 10)
+    # MGFN learns from weak video labels: 20 + 20 training videos left it noisy (60-75 AUC on
+    # motion features whose plain norm scored 0.89); 60 + 60 is enough to learn from.
+    ucf_crime_train: tuple[int, int] = (60, 60)
+    ucf_crime_test: tuple[int, int] = (20, 20)
     xd_violence_train: tuple[int, int] = (12, 12)
     xd_violence_test: tuple[int, int] = (6, 6)
     shanghaitech_scenes: int = 3

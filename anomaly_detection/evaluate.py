@@ -9,6 +9,7 @@ then concatenated over videos for ROC AUC, AP and the trapezoidal PR-AUC.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,15 @@ class VideoScores:
     video: dict[str, float]
 
 
+def mgfn_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast of the MGFN forward (``optim.precision``), or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"MGFN precision must be 'fp32' or 'bf16', got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 @torch.inference_mode()
 def score_videos(
     model: nn.Module,
@@ -39,6 +49,7 @@ def score_videos(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
+    precision: str = "fp32",
 ) -> VideoScores:
     """Score each video on its full clip sequence (not resampled), one video per forward.
 
@@ -54,7 +65,8 @@ def score_videos(
         for v in videos[rank::world_size]:
             feats = torch.from_numpy(data.eval_features(v)).to(device)  # (S, crops, D)
             x = rearrange(append_magnitude(feats), "s n c -> 1 n s c")
-            out = model(x)
+            with mgfn_autocast(precision, device):
+                out = model(x)
             clip[v.name] = out.scores[0].double().cpu().numpy()
             video[v.name] = float(out.video_scores[0])
     finally:

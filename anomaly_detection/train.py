@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from anomaly_detection.config import AnomalyConfig, headline_metric
 from anomaly_detection.data import AnomalyData, AnomalyDataError, epoch_batches, load_anomaly_data
-from anomaly_detection.evaluate import evaluate_test_set, score_videos, selection_metric
+from anomaly_detection.evaluate import evaluate_test_set, mgfn_autocast, score_videos, selection_metric
 from anomaly_detection.report import pick_plot_videos, plot_video_scores, save_test_scores, write_results
 from aux_code.checkpoint import load_checkpoint, load_state_dict_strict
 from aux_code.config import config_hash, to_dict
@@ -77,6 +77,7 @@ def train_step(
     *,
     step: int,
     loss_kwargs: Mapping,
+    precision: str = "fp32",
 ) -> dict[str, torch.Tensor]:
     """One update on b normal and b abnormal videos, each (b, crops, T, D + 1).
 
@@ -86,9 +87,11 @@ def train_step(
     b = normal.shape[0]
     x = torch.cat([normal, abnormal])
     labels = torch.cat([torch.zeros(b), torch.ones(abnormal.shape[0])]).to(x.device)
-    out = model(x)
+    with mgfn_autocast(precision, x.device):
+        out = model(x)
     total, terms = mgfn_loss(
-        scores=out.scores, video_scores=out.video_scores, labels=labels, topk_features=out.topk_features, **loss_kwargs
+        scores=out.scores.float(), video_scores=out.video_scores.float(), labels=labels,
+        topk_features=out.topk_features.float(), **loss_kwargs
     )
     check_finite(step, {**terms, "total": total})
     optimizer.zero_grad(set_to_none=True)
@@ -109,6 +112,7 @@ def train_epoch(
     loss_kwargs: Mapping,
     ctx: RunContext | None = None,
     log_every: int = 10,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """One epoch; returns the loss terms averaged over steps and ranks, plus timing."""
     start = time.perf_counter()
@@ -127,7 +131,7 @@ def train_epoch(
         step = epoch * len(batches) + i + 1
         normal = data.train.normal[torch.from_numpy(ni)].to(dist.device, non_blocking=True)
         abnormal = data.train.abnormal[torch.from_numpy(ai)].to(dist.device, non_blocking=True)
-        terms = train_step(model, optimizer, normal, abnormal, step=step, loss_kwargs=loss_kwargs)
+        terms = train_step(model, optimizer, normal, abnormal, step=step, loss_kwargs=loss_kwargs, precision=precision)
         for k, v in terms.items():
             sums[k] = sums.get(k, torch.zeros((), device=v.device)) + v
         if ctx is not None and log_every > 0 and step % log_every == 0:
@@ -202,7 +206,7 @@ def _run(cfg: AnomalyConfig, data: AnomalyData, headline: str, ctx: RunContext) 
     for epoch in progress:
         stats = train_epoch(
             train_model, optimizer, data, epoch=epoch, batch_per_class=cfg.optim.batch_per_class, seed=cfg.run.seed,
-            dist=dist, loss_kwargs=loss_kwargs, ctx=ctx, log_every=cfg.run.log_every,
+            dist=dist, loss_kwargs=loss_kwargs, ctx=ctx, log_every=cfg.run.log_every, precision=cfg.optim.precision,
         )
         ctx.logger.log(epoch + 1, stats, phase="epoch")
         metric = None
@@ -210,7 +214,8 @@ def _run(cfg: AnomalyConfig, data: AnomalyData, headline: str, ctx: RunContext) 
         if data.validation and (done % cfg.eval.every == 0 or done == cfg.optim.epochs):
             t0 = time.perf_counter()
             _sync_buffers(model, dist)
-            scores = score_videos(model, data, data.validation, device=dist.device, rank=dist.rank, world_size=dist.world_size)
+            scores = score_videos(model, data, data.validation, device=dist.device, rank=dist.rank, world_size=dist.world_size,
+                                  precision=cfg.optim.precision)
             metric = selection_metric(cfg.eval.validation_metric, data.validation, scores, data.clip_span, rescale=cfg.eval.robust_rescale)
             ctx.logger.log(done, {cfg.eval.validation_metric: metric, "eval_time_s": time.perf_counter() - t0}, phase="val")
             progress.set_postfix({cfg.eval.validation_metric: f"{metric:.4f}", "loss": f"{stats['loss']:.4f}"})
@@ -226,7 +231,8 @@ def _run(cfg: AnomalyConfig, data: AnomalyData, headline: str, ctx: RunContext) 
     # Selection: best validation epoch, or the last epoch when there is no validation split.
     selected = ctx.run_dir / (BEST if data.validation else LAST)
     selected_epoch = _load_weights(model, selected, "selected checkpoint")
-    scores = score_videos(model, data, data.test, device=dist.device, rank=dist.rank, world_size=dist.world_size)
+    scores = score_videos(model, data, data.test, device=dist.device, rank=dist.rank, world_size=dist.world_size,
+                          precision=cfg.optim.precision)
     sas_params = {k: getattr(cfg.eval.sas, k) for k in ("tau", "v", "upper", "lower", "threshold")}
     report, streams = evaluate_test_set(data.test, scores, data.clip_span, rescale=cfg.eval.robust_rescale, sas=sas_params, headline=headline)
     results = {

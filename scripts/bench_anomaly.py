@@ -14,6 +14,8 @@ its own process, so that peak RSS (ru_maxrss) belongs to that variant alone:
 - stage: anomaly_detection's own functions: features checked and resampled once at load
   time into one float32 tensor per class, batches gathered by index, evaluation from
   cached float32 features under inference_mode.
+- stage_bf16: the same with ``optim.precision: bf16`` (MGFN forward under bf16 autocast,
+  loss in fp32); fast where the CPU has AVX512-BF16 / AMX.
 
 Both use the same model (aux_code.models.mgfn), loss, optimiser, initial weights,
 validation split and test set. Reported: one-time setup, train epoch time (median over
@@ -168,6 +170,7 @@ def run_stage(args: argparse.Namespace) -> dict:
     from aux_code.metrics import frame_auc
     from aux_code.runtime import DistInfo
 
+    precision = "bf16" if args.child == "stage_bf16" else "fp32"
     t0 = time.perf_counter()
     data = load_anomaly_data(args.features, feature_dim=args.dim, validation_fraction=args.val_fraction, seed=0)
     setup = time.perf_counter() - t0
@@ -182,13 +185,14 @@ def run_stage(args: argparse.Namespace) -> dict:
         for ni, ai in epoch_batches(n_normal, n_abnormal, batch_per_class=args.batch, epoch=epoch, seed=0):
             torch.cat([data.train.normal[torch.from_numpy(ni)], data.train.abnormal[torch.from_numpy(ai)]])
         data_times.append(time.perf_counter() - t0)
-        stats = train_epoch(model, optimizer, data, epoch=epoch, batch_per_class=args.batch, seed=0, dist=dist, loss_kwargs=loss_kwargs)
+        stats = train_epoch(model, optimizer, data, epoch=epoch, batch_per_class=args.batch, seed=0, dist=dist,
+                            loss_kwargs=loss_kwargs, precision=precision)
         train_times.append(stats["epoch_time_s"])
         t0 = time.perf_counter()
-        scores = score_videos(model, data, data.validation, device=dist.device)
+        scores = score_videos(model, data, data.validation, device=dist.device, precision=precision)
         selection_metric("video_auc", data.validation, scores, data.clip_span)
         eval_times.append(time.perf_counter() - t0)
-    scores = score_videos(model, data, data.test, device=dist.device)
+    scores = score_videos(model, data, data.test, device=dist.device, precision=precision)
     auc = frame_auc(*frame_arrays(data.test, scores.clip, data.clip_span))
     return {"setup_s": setup, "train_s": train_times, "data_s": data_times, "eval_s": eval_times, "test_auc": auc}
 
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads in each variant")
     p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant; the fastest is reported")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.add_argument("--child", choices=["reference", "stage"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["reference", "stage", "stage_bf16"], help=argparse.SUPPRESS)
     p.add_argument("--features", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         "--epochs", str(args.epochs), "--threads", str(args.threads), "--features", str(features),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
-    runs: dict[str, list[dict]] = {"reference": [], "stage": []}
+    runs: dict[str, list[dict]] = {"reference": [], "stage": [], "stage_bf16": []}
     # Interleaved repeats, best one kept per variant: on a shared machine the minimum is the
     # figure least disturbed by other processes.
     for _ in range(args.repeats):
@@ -263,11 +267,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{f['epoch_s']:.2f} | {f['peak_rss_mb']:.0f} | {100 * f['test_auc']:.2f} |"
         for variant, f in figures.items()
     ]
-    ref, stage = figures["reference"], figures["stage"]
+    ref = figures["reference"]
     speed = {
-        "train_epoch": ref["train_epoch_s"] / stage["train_epoch_s"],
-        "epoch_with_val": ref["epoch_s"] / stage["epoch_s"],
-        "data_per_epoch": ref["data_epoch_s"] / max(stage["data_epoch_s"], 1e-9),
+        variant: {
+            "train_epoch": ref["train_epoch_s"] / f["train_epoch_s"],
+            "epoch_with_val": ref["epoch_s"] / f["epoch_s"],
+            "data_per_epoch": ref["data_epoch_s"] / max(f["data_epoch_s"], 1e-9),
+        }
+        for variant, f in figures.items() if variant != "reference"
     }
     print(f"MGFN preset {args.preset}, D={args.dim}, {args.train}+{args.train} train videos (val {args.val_fraction:.0%} of each), "
           f"{args.test}+{args.test} test, {args.clips[0]}-{args.clips[1]} clips/video, batch {args.batch}+{args.batch}, "
@@ -275,8 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     print("| variant | setup s | train epoch s (median) | of which data s | validation s | epoch + val s | peak RSS MB | test frame AUC % |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"speed-up (reference / stage): train epoch {speed['train_epoch']:.2f}x, epoch + validation "
-          f"{speed['epoch_with_val']:.2f}x, data side of an epoch {speed['data_per_epoch']:.1f}x")
+    for variant, sp in speed.items():
+        print(f"speed-up (reference / {variant}): train epoch {sp['train_epoch']:.2f}x, epoch + validation "
+              f"{sp['epoch_with_val']:.2f}x, data side of an epoch {sp['data_per_epoch']:.1f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "figures": figures, "all_runs": runs, "speedup": speed}, indent=1, default=str) + "\n")
 

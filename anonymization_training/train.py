@@ -149,7 +149,8 @@ def evaluate_budget(anonymizer: nn.Module | None, budget: nn.Module, data: Itera
     for batch in data:
         batch = _to(batch, device)
         if batch["view1"].shape[0] < 2:
-            continue  # a 1-image tail has no negatives
+            # _eval_view_loader folds a 1-image tail into the chunk before it; never drop one silently.
+            raise ValueError("evaluate_budget: a chunk of 1 image has no NT-Xent negatives; chunks need >= 2 images")
         if anonymizer is not None:
             v1, v2 = anonymize_views(anonymizer, batch, precision=precision)
         else:
@@ -363,10 +364,20 @@ def _eval_clip_loader(cfg: AnonymizationConfig, source: VideoSource) -> tuple[An
     return loader(ds, batch_size=cfg.optim.batch_size, num_workers=cfg.run.num_workers), len(source)
 
 
+def budget_chunks(keys: list, size: int) -> list[list]:
+    """Consecutive chunks of ``size`` keys; a 1-key tail joins the chunk before it (no NT-Xent
+    negatives alone), so every validation image is counted."""
+    chunks = [keys[i : i + size] for i in range(0, len(keys), size)]
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        tail = chunks.pop()
+        chunks[-1] = chunks[-1] + tail
+    return chunks
+
+
 def _eval_view_loader(cfg: AnonymizationConfig, images: ImageSource):
     ds = ImageViews(images, _augment(cfg))
     keys = eval_view_keys(len(images), seed=cfg.run.seed)
-    chunks = [keys[i : i + cfg.eval.budget_batch] for i in range(0, len(keys), cfg.eval.budget_batch)]
+    chunks = budget_chunks(keys, cfg.eval.budget_batch)
     return loader(ds, batches=chunks, num_workers=cfg.run.num_workers)
 
 

@@ -32,7 +32,7 @@ from anonymization_training.steps import (
     frozen,
     utility_terms,
 )
-from anonymization_training.train import selection_score
+from anonymization_training.train import budget_chunks, selection_score
 from aux_code.checkpoint import load_checkpoint
 from aux_code.config import PROJECT_ROOT, describe, load_config
 from aux_code.datasets import VideoItem
@@ -266,6 +266,13 @@ def test_epoch_batches_depend_only_on_the_epoch():
     assert len(set(first_perm)) == 9  # one permutation before the next begins
     seeds = [s for b in a for _, s in b]
     assert len(set(seeds)) == len(seeds)
+
+
+def test_budget_chunks_count_every_image():
+    assert [len(c) for c in budget_chunks(list(range(61)), 30)] == [30, 31]
+    assert [len(c) for c in budget_chunks(list(range(60)), 30)] == [30, 30]
+    assert [len(c) for c in budget_chunks(list(range(7)), 3)] == [3, 4]
+    assert sum(budget_chunks(list(range(5)), 8), []) == list(range(5))
 
 
 def test_selection_rule_respects_the_margin():

@@ -48,6 +48,12 @@ def build_model(cfg: AnomalyConfig, feature_dim: int) -> MGFN:
     )
 
 
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """MGFN's Adam (L2 weight decay), as one fused kernel: the same update, and at paper size the
+    per-parameter loop of the default implementation costs about 0.1 s per step on 2 CPU cores."""
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def loss_options(cfg: AnomalyConfig) -> dict:
     """The mgfn_loss keyword arguments of the loss section."""
     lc = cfg.loss
@@ -179,7 +185,7 @@ def run(cfg: AnomalyConfig) -> dict:
 def _run(cfg: AnomalyConfig, data: AnomalyData, headline: str, ctx: RunContext) -> dict:
     dist = ctx.dist
     model = build_model(cfg, data.feature_dim).to(dist.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     val_names = [v.name for v in data.validation]
     start_epoch = 0
     state = ctx.resume_or(None)

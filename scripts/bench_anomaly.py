@@ -12,8 +12,8 @@ its own process, so that peak RSS (ru_maxrss) belongs to that variant alone:
   DataLoaders (shuffle=True) zipped together; evaluation re-reading each video from disk;
   per-frame ground truth built frame by frame.
 - stage: anomaly_detection's own functions: features checked and resampled once at load
-  time into one float32 tensor per class, batches gathered by index, evaluation from
-  cached float32 features under inference_mode.
+  time into one float32 tensor per class, batches gathered by index, fused Adam,
+  evaluation from cached float32 features under inference_mode.
 - stage_bf16: the same with ``optim.precision: bf16`` (MGFN forward under bf16 autocast,
   loss in fp32); fast where the CPU has AVX512-BF16 / AMX.
 
@@ -55,11 +55,15 @@ def _common(args: argparse.Namespace):
 def _model(args: argparse.Namespace):
     import torch
 
+    from anomaly_detection.train import build_optimizer
     from aux_code.models.mgfn import build_mgfn
 
-    torch.manual_seed(0)  # same initial weights in both variants
+    torch.manual_seed(0)  # same initial weights in every variant
     model = build_mgfn(preset=args.preset, feature_dim=args.dim)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    if args.child == "reference":
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)  # the public code's
+    else:
+        optimizer = build_optimizer(model, lr=1e-3, weight_decay=5e-4)  # the stage's (fused)
     return model, optimizer
 
 

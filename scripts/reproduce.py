@@ -19,8 +19,9 @@ old directory aside and runs afresh. A failed step is reported, the steps that n
 skipped, the others still run, and the exit status is non-zero.
 
 Outputs, in ``<paths.results>/reproduce/<run.name>/``: ``tables.md`` (the paper's Tables 1-5
-layout, with "privacy reduction %" and "relative AUC change %" against raw), ``tradeoff.png``
-(Fig. 3: privacy cMAP vs anomaly AUC, one point per method, raw marked) and ``summary.json``
+layout, with "privacy reduction %" and "relative AUC change %" against raw; the AUC is the
+mean over ``anomaly_seeds`` MGFN runs, with their range), ``tradeoff.png`` (Fig. 3: privacy
+cMAP vs anomaly AUC, one point per method, raw marked) and ``summary.json``
 (every figure, with the fingerprint and config hash that produced it, and step times).
 """
 
@@ -115,6 +116,12 @@ class ReproduceConfig:
     person_boxes: Literal["gt", "hog"] = opt(
         "gt", "Person boxes of the blur/blacken baselines: 'gt' (synthetic world) or 'hog' (OpenCV's detector, real data)."
     )
+    anomaly_seeds: list[int] = opt(
+        [0, 1, 2],
+        "Stage 4 runs once per seed on each method's features (MGFN alone; the stages before it use run.seed). "
+        "The tables give the mean and the range: on the small synthetic test set one MGFN run's AUC moves by "
+        "several points from seed to seed.",
+    )
     feature_probe: bool = opt(True, "Run the feature-level probe of Table 1 on the utility features of raw and of each learned method in `methods`.")
     sweeps: SweepSection = opt(SweepSection(), "Ablation sweeps.")
     stages: StageFiles = opt(StageFiles(), "Stage config files.")
@@ -128,6 +135,8 @@ class ReproduceConfig:
         for m in self.methods:
             if m not in known:
                 raise ConfigError(f"methods: unknown method {m!r}; known: {', '.join(sorted(known))}")
+        if not self.anomaly_seeds or len(set(self.anomaly_seeds)) != len(self.anomaly_seeds):
+            raise ConfigError(f"anomaly_seeds = {self.anomaly_seeds} must name at least one seed, each once")
         if "raw" not in self.methods:
             raise ConfigError("methods must include 'raw': privacy reduction and AUC change are measured against it")
         for s in self.sweeps.run:
@@ -168,7 +177,7 @@ class Point:
 
     label: str
     privacy: str  # step keys
-    anomaly: str
+    anomaly: tuple[str, ...]  # one stage-4 run per seed
 
 
 @dataclass
@@ -229,7 +238,13 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
                 (*common, *extra.extraction, *anon_overrides, *([f"utility.checkpoint={utility_ckpt}"] if utility_ckpt else [])), needs,
             )
         )
-        anomaly = plan.add(Step("anomaly", files.anomaly, run, (*common, *extra.anomaly, f"data.features=extraction/{run}"), (features,)))
+        anomaly = tuple(
+            plan.add(Step(
+                "anomaly", files.anomaly, f"{run}-s{seed}",
+                (f"run.device={cfg.run.device}", f"run.seed={seed}", *extra.anomaly, f"data.features=extraction/{run}"), (features,),
+            ))
+            for seed in cfg.anomaly_seeds
+        )
         plan.points[name] = Point(label, privacy, anomaly)
         return name
 
@@ -402,15 +417,19 @@ def collect(plan: Plan, done: dict[str, dict]) -> dict:
 
     points = {}
     for name, p in plan.points.items():
-        pr, an = res(p.privacy), res(p.anomaly)
-        metric, value = anomaly_value(an) if an else (None, None)
+        pr = res(p.privacy)
+        runs = [res(key) for key in p.anomaly]
+        # A mean over some of the seeds would not be the figure the table claims: all or nothing.
+        finished = all(r is not None for r in runs)
+        values = [anomaly_value(r)[1] for r in runs] if finished else []
         points[name] = {
             "label": p.label,
             "cmap": privacy_cmap(pr) if pr else None,
-            "anomaly_metric": metric,
-            "anomaly": value,
+            "anomaly_metric": anomaly_value(runs[0])[0] if finished else None,
+            "anomaly": sum(values) / len(values) if finished else None,
+            "anomaly_runs": values,
             "privacy_step": p.privacy,
-            "anomaly_step": p.anomaly,
+            "anomaly_steps": list(p.anomaly),
         }
     raw = points.get("raw", {})
     for pt in points.values():
@@ -464,14 +483,16 @@ def render_tables(summary: dict) -> str:
         out += [
             f"### {TABLE_TITLES[table]}",
             "",
-            f"| method | privacy cMAP (%) | privacy reduction % | anomaly {metric} (%) | relative {metric} change % |",
-            "|---|---|---|---|---|",
+            f"| method | privacy cMAP (%) | privacy reduction % | anomaly {metric} (%), mean | {metric} range over seeds (%) "
+            f"| relative {metric} change % |",
+            "|---|---|---|---|---|---|",
         ]
         for name in names:
             p = points[name]
+            spread = f"{_pct(min(p['anomaly_runs']))}-{_pct(max(p['anomaly_runs']))}" if p["anomaly_runs"] else "n/a"
             out.append(
                 f"| {p['label']} | {_pct(p['cmap'])} | {_signed(p['privacy_reduction_pct'])} | "
-                f"{_pct(p['anomaly'])} | {_signed(p['anomaly_change_pct'])} |"
+                f"{_pct(p['anomaly'])} | {spread} | {_signed(p['anomaly_change_pct'])} |"
             )
         out.append("")
     return "\n".join(out)
@@ -490,12 +511,14 @@ def draw_tradeoff(summary: dict, path: Path) -> None:
         p = summary["points"][n]
         x, y = 100 * p["cmap"], 100 * p["anomaly"]
         raw = n == "raw"
+        runs = [100 * v for v in p["anomaly_runs"]]
+        ax.errorbar([x], [y], yerr=[[y - min(runs)], [max(runs) - y]], fmt="none", ecolor="gray", capsize=3, zorder=2)
         ax.scatter([x], [y], marker="*" if raw else "o", s=160 if raw else 50, color="black" if raw else None, zorder=3)
         ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     metric = next((summary["points"][n]["anomaly_metric"] for n in names), "auc") or "auc"
     ax.set_xlabel("privacy leakage: cMAP of the target model (%)  (lower = more private)")
     ax.set_ylabel(f"anomaly detection: frame {metric.upper()} (%)")
-    ax.set_title("Privacy-utility trade-off (raw = star)")
+    ax.set_title("Privacy-utility trade-off (raw = star; bars: range over MGFN seeds)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))

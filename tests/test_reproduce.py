@@ -59,7 +59,11 @@ def test_plan_runs_each_shared_step_once_in_dependency_order():
     assert "anonymizer.checkpoint=anonymization/tedspad/best.pt" in plan.steps["privacy/tedspad"].overrides
     assert "utility.checkpoint=anonymization/tedspad/best.pt" in plan.steps["extraction/ucf_crime-tedspad"].overrides
     assert "utility.checkpoint=anonymization/utility/best.pt" in plan.steps["extraction/ucf_crime-raw"].overrides
-    assert plan.steps["anomaly/ucf_crime-blur"].needs == ("extraction/ucf_crime-blur",)
+    # MGFN once per anomaly seed on the same features
+    for seed in (0, 1, 2):
+        step = plan.steps[f"anomaly/ucf_crime-blur-s{seed}"]
+        assert step.needs == ("extraction/ucf_crime-blur",) and f"run.seed={seed}" in step.overrides
+    assert plan.points["blur"].anomaly == tuple(f"anomaly/ucf_crime-blur-s{seed}" for seed in (0, 1, 2))
     assert set(plan.probes.values()) == {("privacy/probe-raw", "raw"), ("privacy/probe-spact", "spact"), ("privacy/probe-tedspad", "tedspad")}
 
 
@@ -75,7 +79,8 @@ def test_sweeps_add_their_variants_and_tables():
 
 @pytest.mark.parametrize(
     "override, message",
-    [("methods=[downsample2x]", "must include 'raw'"), ("methods=[raw,magic]", "unknown method 'magic'"), ("sweeps.run=[lr]", "unknown sweep")],
+    [("methods=[downsample2x]", "must include 'raw'"), ("methods=[raw,magic]", "unknown method 'magic'"), ("sweeps.run=[lr]", "unknown sweep"),
+     ("anomaly_seeds=[]", "at least one seed"), ("anomaly_seeds=[1,1]", "each once")],
 )
 def test_bad_plans_are_config_errors(override, message):
     from aux_code.config import ConfigError
@@ -86,11 +91,14 @@ def test_bad_plans_are_config_errors(override, message):
 
 def _fake_results(stage: str, name: str) -> dict:
     """What the stages' results.json hold, with numbers that depend on the method."""
-    hidden = {"raw": 0.0, "tedspad": 0.3}.get(name.split("-")[-1], 0.1)
+    parts = name.split("-")  # privacy: <method>; anomaly: <dataset>-<method>-s<seed>
+    method = parts[1] if stage in ("extraction", "anomaly") else parts[0]
+    hidden = {"raw": 0.0, "tedspad": 0.3}.get(method, 0.1)
     if stage == "privacy":
         return {"test": {"cmap": 0.8 - hidden}}
     if stage == "anomaly":
-        return {"test": {"headline": {"metric": "auc", "value": 0.9 - hidden / 10}}}
+        seed = int(parts[-1][1:])  # seeds 0, 1, 2 move the AUC by -1, 0, +1 points: the mean is unmoved
+        return {"test": {"headline": {"metric": "auc", "value": 0.9 - hidden / 10 + (seed - 1) / 100}}}
     return {}
 
 
@@ -118,7 +126,8 @@ def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
     assert summary["points"]["tedspad"]["anomaly_change_pct"] == pytest.approx(100 * (0.87 - 0.9) / 0.9)
     assert summary["points"]["blur"]["cmap"] is None and summary["steps"]["privacy/blur"]["status"] == "failed"
     tables = (out / "tables.md").read_text()
-    assert "| TeD-SPAD (CE + L_D) | 50.00 | +37.50 | 87.00 | -3.33 |" in tables
+    assert "| TeD-SPAD (CE + L_D) | 50.00 | +37.50 | 87.00 | 86.00-88.00 | -3.33 |" in tables
+    assert summary["points"]["tedspad"]["anomaly_runs"] == pytest.approx([0.86, 0.87, 0.88])
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Second run: finished steps are reused, only the failed one is retried.

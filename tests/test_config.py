@@ -190,3 +190,19 @@ def test_null_override_clears_an_optional_string(paths_file):
     assert cfg.weights == "w.pth"
     assert load_config(DemoConfig, None, ["weights=null"]).weights is None
     assert load_config(DemoConfig, None, ["tag=null"]).tag == "null"  # a plain str keeps the text
+
+
+def test_every_config_file_named_in_docs_and_configs_exists():
+    # Comments and docs tell users which file to run first; a renamed config must not leave them
+    # pointing at nothing.
+    import re
+
+    from aux_code.config import PROJECT_ROOT
+
+    texts = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md")),
+             *sorted((PROJECT_ROOT / "configs").rglob("*.yaml")), *sorted((PROJECT_ROOT / "scripts").glob("*.py"))]
+    named = {m for path in texts for m in re.findall(r"configs/[\w./-]+?\.yaml", path.read_text())}
+    assert len(named) > 20
+    placeholders = ("<", "*", "...")  # "configs/<stage>/x.yaml" and the like are patterns, not files
+    missing = sorted(n for n in named if not any(p in n for p in placeholders) and not (PROJECT_ROOT / n).is_file())
+    assert not missing, missing

@@ -507,6 +507,7 @@ def draw_tradeoff(summary: dict, path: Path) -> None:
 
     names = [n for n in summary["tables"]["main"] if summary["points"][n]["cmap"] is not None and summary["points"][n]["anomaly"] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    placed: list[tuple[float, float]] = []
     for n in names:
         p = summary["points"][n]
         x, y = 100 * p["cmap"], 100 * p["anomaly"]
@@ -514,7 +515,10 @@ def draw_tradeoff(summary: dict, path: Path) -> None:
         runs = [100 * v for v in p["anomaly_runs"]]
         ax.errorbar([x], [y], yerr=[[y - min(runs)], [max(runs) - y]], fmt="none", ecolor="gray", capsize=3, zorder=2)
         ax.scatter([x], [y], marker="*" if raw else "o", s=160 if raw else 50, color="black" if raw else None, zorder=3)
-        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # A label that would sit on a nearby point's label goes below its marker instead.
+        crowded = any(abs(x - px) < 1.5 and abs(y - py) < 1.5 for px, py in placed)
+        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, -11 if crowded else 4), fontsize=8)
+        placed.append((x, y))
     metric = next((summary["points"][n]["anomaly_metric"] for n in names), "auc") or "auc"
     ax.set_xlabel("privacy leakage: cMAP of the target model (%)  (lower = more private)")
     ax.set_ylabel(f"anomaly detection: frame {metric.upper()} (%)")

@@ -23,10 +23,9 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
-
-from aux_code.checkpoint import load_checkpoint, save_checkpoint
 import yaml
 
+from aux_code.checkpoint import load_checkpoint, save_checkpoint
 from aux_code.config import ConfigError, to_dict, write_run_config
 from aux_code.runtime import DistInfo, MetricLogger, init_runtime, run_dir_for, seed_everything
 

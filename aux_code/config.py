@@ -110,6 +110,17 @@ def _merge(dst: dict, src: dict, origins: dict, source: str, prefix: str = "") -
                 origins[sub] = source
 
 
+def flatten_mapping(tree: typing.Mapping[str, Any], *, sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (``sep`` joins the keys)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, typing.Mapping):
+            out.update(flatten_mapping(value, sep=sep, prefix=f"{prefix}{key}{sep}"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _leaf_keys(value: Any, prefix: str) -> list[str]:
     if not isinstance(value, dict):
         return []

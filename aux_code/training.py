@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from aux_code.checkpoint import load_checkpoint, save_checkpoint
-from aux_code.config import ConfigError, to_dict, write_run_config
+from aux_code.config import ConfigError, flatten_mapping, to_dict, write_run_config
 from aux_code.runtime import DistInfo, MetricLogger, init_runtime, run_dir_for, seed_everything
 
 LAST = "last.pt"
@@ -43,22 +43,13 @@ class ResumeMismatchError(ConfigError):
     """A run directory holds a checkpoint made with another config than the one given now."""
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def check_resumable(run_dir: Path, cfg: Any) -> None:
     """Raise when ``run_dir`` has a checkpoint whose config differs from ``cfg`` beyond RESUMABLE_KEYS."""
     saved = run_dir / "config.yaml"
     if not ((run_dir / LAST).is_file() and saved.is_file()):
         return
-    old = _flatten(yaml.safe_load(saved.read_text()) or {})
-    new = _flatten(to_dict(cfg))
+    old = flatten_mapping(yaml.safe_load(saved.read_text()) or {})
+    new = flatten_mapping(to_dict(cfg))
     changed = sorted(
         key for key in set(old) | set(new)
         if old.get(key) != new.get(key) and not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS)

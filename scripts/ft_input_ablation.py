@@ -5,7 +5,7 @@
 
 Trains the tiny I3D-R50 (``i3d_r50_tiny``: width 8, pytorchvideo stem) from scratch on the
 synthetic UCF101 analogue with stage 1's clips and augmentation, once per input, and prints
-video-level top-1 on the validation groups (carved from the train list) and on testlist01
+video-level top-1 (stage 1's evaluate_action) on the validation groups (carved from the train list) and on testlist01
 every quarter of the run. Nothing is written; one torch thread per run.
 
 On the default world (seed 0) an RGB input learns the people and places of the training
@@ -27,26 +27,23 @@ from anonymization_training.data import (
     VideoSource,
     eval_transform,
     load_action_splits,
+    loader,
     train_transform,
 )
+from anonymization_training.steps import Precision
+from anonymization_training.train import evaluate_action
 from aux_code.config import PROJECT_ROOT
 from aux_code.models import build_utility
 
 
 def top1(model: torch.nn.Module, source: VideoSource, *, size: int, clip_len: int, skip: int) -> float:
-    """Video-level top-1 of softmax scores averaged over 3 clips per video."""
-    model.eval()
+    """Stage 1's video-level top-1 (clip logits averaged per video), 3 clips per video; leaves the model training."""
     clips = EvalClips(source, eval_transform(size, scale=0.8), clip_len=clip_len, skip=skip, clips_per_video=3)
-    sums: dict[int, torch.Tensor] = {}
-    labels: dict[int, int] = {}
-    with torch.no_grad():
-        for i in range(len(clips)):
-            item = clips[i]
-            logits, _ = model(item["clip"][None])
-            sums[item["video"]] = sums.get(item["video"], 0) + logits[0].softmax(0)
-            labels[item["video"]] = item["label"]
+    cpu = torch.device("cpu")
+    result = evaluate_action(None, model, loader(clips, batch_size=16), num_videos=len(source), device=cpu,
+                             precision=Precision("off", cpu))
     model.train()
-    return float(np.mean([int(sums[v].argmax()) == labels[v] for v in sums]))
+    return result["top1"]
 
 
 def train_one(clip_input: str, args: argparse.Namespace, splits, sources: dict[str, VideoSource]) -> None:

@@ -122,8 +122,9 @@ def build_utility(
 
     For the I3D-R50 names, ``stem`` defaults to the stem the weights were trained with
     (``"pytorchvideo"`` or ``"resnet3d"``) and RGB input when the weights are a public file;
-    a checkpoint of this project keeps the preset's architecture. Pass ``stem=`` to override. ``reset_head=True`` re-initialises the classifier when ``num_classes``
-    differs from the checkpoint's (e.g. UCF101's 101 on Kinetics-400 weights).
+    a checkpoint of this project keeps the preset's architecture. Pass ``stem=`` to override.
+    ``reset_head=True`` re-initialises the classifier when ``num_classes`` differs from the
+    checkpoint's (e.g. UCF101's 101 on Kinetics-400 weights).
     """
     arch = {"num_classes": num_classes, **arch}
     sd = where = None

@@ -202,7 +202,10 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
     """Every step and table row the config asks for, each step once, in a runnable order."""
     plan = Plan()
     files, extra = cfg.stages, cfg.overrides
-    common = (f"run.device={cfg.run.device}", f"run.seed={cfg.run.seed}")
+    def run_args(seed: int) -> tuple[str, ...]:
+        return (f"run.device={cfg.run.device}", f"run.seed={seed}")
+
+    common = run_args(cfg.run.seed)
     anon = lambda *o: (*common, *extra.anonymization, *o)  # noqa: E731
 
     pretrained = "anonymization/utility/best.pt"
@@ -241,7 +244,7 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
         anomaly = tuple(
             plan.add(Step(
                 "anomaly", files.anomaly, f"{run}-s{seed}",
-                (f"run.device={cfg.run.device}", f"run.seed={seed}", *extra.anomaly, f"data.features=extraction/{run}"), (features,),
+                (*run_args(seed), *extra.anomaly, f"data.features=extraction/{run}"), (features,),
             ))
             for seed in cfg.anomaly_seeds
         )

@@ -27,6 +27,11 @@ _BUILDERS = {
     "target": registry.build_target,
     "embedding": registry.build_embedding_head,
 }
+_BUILDERS["dpae_encoder"] = registry.build_dpae_encoder  # issue 16: the camera side
+_BUILDERS["dpae_decoder"] = registry.build_dpae_decoder  # issue 16: the server side
+
+from aux_code.models.luss_ae import build_luss_ae  # noqa: E402  (issue 17)
+_BUILDERS["luss_ae"] = build_luss_ae
 
 
 def pack_model(kind: str, spec: Mapping[str, Any], model: nn.Module) -> dict:

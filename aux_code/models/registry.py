@@ -185,3 +185,41 @@ def build_target(
 def build_embedding_head(*, in_dim: int, hidden_dim: int = 512, out_dim: int = 128) -> EmbeddingHead:
     """The triplet-loss embedding MLP on top of the utility feature (in_dim = utility.feature_dim)."""
     return EmbeddingHead(in_dim=in_dim, hidden_dim=hidden_dim, out_dim=out_dim)
+
+
+# The DP autoencoder's two halves (issue 16; aux_code.models.dpae): separate kinds, so the
+# camera side stores and loads only the encoder.
+from aux_code.models.dpae import DPAEDecoder, DPAEEncoder  # noqa: E402
+
+DPAE_ENCODERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "dpae": (DPAEEncoder, {"width_mult": 1.0}),
+    "dpae_tiny": (DPAEEncoder, {"width_mult": 0.125}),
+}
+DPAE_DECODERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "dpae": (DPAEDecoder, {"width_mult": 1.0}),
+    "dpae_tiny": (DPAEDecoder, {"width_mult": 0.125}),
+}
+_KINDS["dpae_encoder"] = DPAE_ENCODERS
+_KINDS["dpae_decoder"] = DPAE_DECODERS
+
+
+def _build_dpae_half(kind: str, name: str, weights: str | Path | None, weights_key: str | None, arch: dict[str, Any]) -> nn.Module:
+    model = _construct(kind, name, arch)
+    if weights is not None:
+        from aux_code.checkpoint import load_state_dict_strict
+
+        sd, where = read_state_dict(weights, what=f"{kind} weights", key=weights_key)
+        load_state_dict_strict(model, sd, source=where, expected_layout=f"this project's {kind} ({name})")
+    return model
+
+
+def build_dpae_encoder(*, name: str = "dpae", weights: str | Path | None = None, weights_key: str | None = None,
+                       **arch: Any) -> DPAEEncoder:
+    """The DP autoencoder's camera-side encoder: (N, 3, H, W) in [0, 1] -> (N, 16, H/8, W/8)."""
+    return _build_dpae_half("dpae_encoder", name, weights, weights_key, arch)
+
+
+def build_dpae_decoder(*, name: str = "dpae", weights: str | Path | None = None, weights_key: str | None = None,
+                       **arch: Any) -> DPAEDecoder:
+    """The DP autoencoder's server-side decoder: (N, 16, h, w) -> (N, 3, 8h, 8w) in [0, 1]."""
+    return _build_dpae_half("dpae_decoder", name, weights, weights_key, arch)

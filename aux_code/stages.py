@@ -21,6 +21,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "privacy": ("privacy_training.config", "PrivacyConfig", "privacy_training"),
     "extraction": ("feature_extraction.config", "ExtractionConfig", "feature_extraction"),
     "anomaly": ("anomaly_detection.config", "AnomalyConfig", "anomaly_detection"),
+    "luss": ("anomaly_detection.luss.config", "LussConfig", "anomaly_detection.luss"),
     # Not a stage: the pipeline driver, configured the same way (configs/<...>/reproduce/).
     "reproduce": ("scripts.reproduce", "ReproduceConfig", "scripts.reproduce"),
 }

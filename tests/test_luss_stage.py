@@ -1,0 +1,52 @@
+"""LUSS-AE stage (issue 17): one tiny epoch on the synthetic Ped2 analogue through aux_code.fit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from anomaly_detection.luss.__main__ import main
+from anomaly_detection.luss.config import LussConfig
+from anomaly_detection.luss.train import split_training
+from aux_code.stages import schema_for_config_file
+from aux_code.synthetic.unsupervised import generate
+
+
+def test_config_folder_is_registered():
+    assert schema_for_config_file("configs/synthetic/luss/avenue.yaml") is LussConfig
+    assert schema_for_config_file("configs/luss/ped2.yaml") is LussConfig
+
+
+def test_split_training_holds_out_whole_videos():
+    videos = list(range(10))
+    train, val = split_training(videos, 0.2, seed=0)
+    assert len(val) == 2 and sorted(train + val) == videos
+    assert split_training(videos[:3], 0.1, seed=0)[1] != []  # at least one when fraction > 0
+    assert split_training(videos, 0.0, seed=0) == (videos, [])
+
+
+def test_stage_end_to_end(tmp_path, capsys):
+    generate(tmp_path / "data", seed=1, size="tiny", datasets=("ped2",))
+    args = ["--config", "configs/synthetic/luss/ped2.yaml", f"paths.ped2={tmp_path / 'data' / 'UCSDped2'}",
+            f"paths.runs={tmp_path / 'runs'}", "optim.epochs=1", "optim.steps_per_epoch=2", "data.resolution=[16,32]",
+            "eval.every=1", "eval.validation_windows=8"]
+    assert main(args) == 0
+    run_dir = tmp_path / "runs" / "luss" / "ped2"
+    r = json.loads((run_dir / "results.json").read_text())
+    t = r["test"]
+    assert r["selection"]["metric"] == "val_loss" and r["selection"]["mode"] == "min"
+    assert 0 <= t["frame_auc_micro"] <= 1 and 0 <= t["frame_auc_macro"] <= 1
+    assert set(t["per_task"]) == {"vcr", "ffp", "prp"} and t["alphas"] == [0.1, 0.8, 1.0]
+    assert t["frames"] == 3 * 40 and len(t["plots"]) == 3
+    assert all((run_dir / p).is_file() for p in t["plots"])
+    scores = np.load(run_dir / "test_scores.npz")
+    assert scores["Test001/rescaled_final"].shape == (40,) and scores["Test001/labels"].shape == (40,)
+    # a rerun resumes the finished run and gives the same numbers
+    assert main(args) == 0
+    assert json.loads((run_dir / "results.json").read_text())["test"]["frame_auc_micro"] == t["frame_auc_micro"]
+    # a missing dataset root is one message and exit status 2 (checked before training)
+    with pytest.raises(SystemExit) as e:
+        main(args + [f"paths.ped2={tmp_path / 'nowhere'}"])
+    assert e.value.code == 2 and "paths.ped2" in capsys.readouterr().err

@@ -189,6 +189,8 @@ class DPTraining:
     sample_rate: float
     noise_multiplier: float | None
     engine: Any = None  # opacus.PrivacyEngine, None without DP
+    sampling_generator: torch.Generator | None = None  # batches (Poisson or shuffled)
+    noise_generator: torch.Generator | None = None  # the Gaussian noise
 
     @property
     def private(self) -> bool:
@@ -208,10 +210,16 @@ class DPTraining:
         return int(sum(n for _, _, n in self.engine.accountant.history))
 
     def state_dict(self) -> dict:
-        """Plain data for resume: the accountant's history of (noise, sample rate, steps)."""
-        if self.engine is None:
-            return {"private": False}
-        return {"private": True, "history": [list(h) for h in self.engine.accountant.history]}
+        """Plain data for resume: the accountant's history of (noise, sample rate, steps) and
+        the states of the sampling and noise generators."""
+        state: dict[str, Any] = {"private": self.private}
+        if self.engine is not None:
+            state["history"] = [list(h) for h in self.engine.accountant.history]
+        for key in ("sampling_generator", "noise_generator"):
+            gen = getattr(self, key)
+            if gen is not None:
+                state[key] = gen.get_state()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if bool(state.get("private", False)) != self.private:
@@ -219,6 +227,10 @@ class DPTraining:
                           f"this one is {'private' if self.private else 'non-private'}")
         if self.engine is not None:
             self.engine.accountant.history = [tuple(h) for h in state.get("history", [])]
+        for key in ("sampling_generator", "noise_generator"):
+            gen = getattr(self, key)
+            if gen is not None and key in state:
+                gen.set_state(state[key])
 
 
 def make_training(
@@ -252,11 +264,13 @@ def make_training(
     if not settings.private:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, num_workers=num_workers)
         return DPTraining(model=model, module=model, optimizer=optimizer, loader=loader, settings=settings,
-                          sample_rate=sample_rate, noise_multiplier=None)
+                          sample_rate=sample_rate, noise_multiplier=None, sampling_generator=gen)
     from opacus import PrivacyEngine
 
     loader = DataLoader(dataset, batch_size=batch_size, generator=gen, num_workers=num_workers)
     engine = PrivacyEngine(accountant=settings.accountant)
+    # Opacus draws the noise on the parameters' device with this generator: it must live there.
+    noise_gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 1)
     module, dp_optimizer, dp_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -264,7 +278,8 @@ def make_training(
         noise_multiplier=sigma,
         max_grad_norm=settings.max_grad_norm,
         poisson_sampling=True,
-        noise_generator=torch.Generator().manual_seed(seed + 1),
+        noise_generator=noise_gen,
     )
     return DPTraining(model=model, module=module, optimizer=dp_optimizer, loader=dp_loader, settings=settings,
-                      sample_rate=sample_rate, noise_multiplier=sigma, engine=engine)
+                      sample_rate=sample_rate, noise_multiplier=sigma, engine=engine, sampling_generator=gen,
+                      noise_generator=noise_gen)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+from aux_code.precision import PRECISION_HELP, PrecisionMode
+from aux_code.schedule import ScheduleSection
 
 Task = Literal["utility_pretrain", "identity", "budget_ssl", "minimax"]
 Method = Literal["tedspad", "spact", "temporal_invariance"]
@@ -134,7 +136,7 @@ class LossSection:
 
 @dataclass
 class OptimSection:
-    """Adam for every model; learning-rate schedule of the single-model tasks."""
+    """Adam for every model (the schedule section sets the lr of the single-model tasks)."""
 
     epochs: int = opt(80, "Training epochs (minimax: paper max_anon_epoch 80).")
     batch_size: int = opt(8, "Clips per step (minimax: per step, each step its own batch), frames per step for identity.")
@@ -149,16 +151,6 @@ class OptimSection:
     lr_utility: float = opt(1e-4, "minimax: fT + embedding head learning rate (paper 1e-4; public code 1e-5).")
     lr_budget: float = opt(1e-4, "minimax: fB learning rate (paper 1e-4; public code 1e-5).")
     weight_decay: float = opt(0.0, "Adam weight decay.")
-    warmup_epochs: int = opt(0, "Linear learning-rate warm-up over the first N epochs (single-model tasks).")
-    plateau_patience: int = opt(
-        0, "Halve-on-plateau: epochs of no validation improvement before multiplying the lr by plateau_factor (0: off)."
-    )
-    plateau_factor: float = opt(0.5, "Factor of the plateau schedule.")
-    amp: Literal["auto", "bf16", "fp16", "off"] = opt(
-        "auto",
-        "Mixed precision on CUDA: 'auto' = bf16 where supported else fp16 with a gradient scaler; 'off' = fp32. "
-        "CPU always runs exact fp32.",
-    )
 
 
 @dataclass
@@ -190,7 +182,9 @@ class AnonymizationConfig:
     model: ModelSection = opt(ModelSection(), "Architectures and fresh-init weights.")
     init: InitSection = opt(InitSection(), "minimax: init checkpoints.")
     loss: LossSection = opt(LossSection(), "Utility and budget losses.")
-    optim: OptimSection = opt(OptimSection(), "Optimisers and schedule.")
+    optim: OptimSection = opt(OptimSection(), "Optimisers.")
+    schedule: ScheduleSection = opt(ScheduleSection(), "Learning-rate schedule of the single-model tasks (minimax: none).")
+    precision: PrecisionMode = opt("auto", PRECISION_HELP)
     eval: EvalSection = opt(EvalSection(), "Validation and selection.")
 
     def required_paths(self) -> list[str]:
@@ -221,8 +215,6 @@ class AnonymizationConfig:
             (o.image_batch_size >= 2, f"optim.image_batch_size = {o.image_batch_size} must be >= 2 (NT-Xent needs negatives)"),
             (o.steps_per_epoch is None or o.steps_per_epoch >= 1, f"optim.steps_per_epoch = {o.steps_per_epoch} must be >= 1 or null"),
             (min(o.lr, o.lr_anonymizer, o.lr_utility, o.lr_budget) > 0, "every optim.lr* must be > 0"),
-            (o.warmup_epochs >= 0 and o.plateau_patience >= 0, "optim.warmup_epochs and optim.plateau_patience must be >= 0"),
-            (0.0 < o.plateau_factor < 1.0, f"optim.plateau_factor = {o.plateau_factor} must be in (0, 1)"),
             (lo.omega >= 0 and lo.margin >= 0, f"loss.omega = {lo.omega} and loss.margin = {lo.margin} must be >= 0"),
             (lo.negative_distance is None or lo.negative_distance >= 1, f"loss.negative_distance = {lo.negative_distance} must be >= 1 or null"),
             (lo.negative_distance is None or lo.negative_min_gap is None,
@@ -238,7 +230,4 @@ class AnonymizationConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-
-    def uses_triplet(self) -> bool:
-        """Whether L_T needs the positive and negative clips (SPAct and omega = 0 do not)."""
-        return self.loss.method != "spact" and self.loss.omega > 0
+        self.schedule.validate()

@@ -29,7 +29,8 @@ from torch import nn
 
 from aux_code.losses.contrastive import nt_xent, temporal_distinctive_triplet, temporal_invariance_loss, utility_loss
 from aux_code.models import anonymize_clip
-from aux_code.training import check_finite
+from aux_code.fit import Stepper
+from aux_code.precision import Precision
 
 
 @dataclass
@@ -58,42 +59,6 @@ class LossWeights:
     @property
     def temporal(self) -> bool:
         return self.method != "spact" and self.omega > 0
-
-
-class Precision:
-    """Autocast and gradient scaling: bf16 (no scaler) or fp16 (with GradScaler) on CUDA; fp32 elsewhere."""
-
-    def __init__(self, mode: str, device: torch.device) -> None:
-        self.dtype: torch.dtype | None = None
-        if device.type == "cuda" and mode != "off":
-            if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
-                self.dtype = torch.bfloat16
-            else:
-                self.dtype = torch.float16
-        self.device_type = device.type
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    def scaler(self) -> torch.amp.GradScaler | None:
-        """A gradient scaler for fp16 (one per optimiser), None otherwise."""
-        return torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
-
-
-def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
 
 
 @contextlib.contextmanager
@@ -133,7 +98,7 @@ def utility_terms(
     terms: "ce", "temporal" (already times omega; exactly 0 when the method has no temporal
     term) and, when computed, "triplet" or "invariance" (unweighted).
     """
-    precision = precision or Precision("off", anchor.device)
+    precision = precision or Precision("fp32", anchor.device)
     b = anchor.shape[0]
     if weights.temporal:
         if negative is None or (weights.method == "tedspad" and positive is None):
@@ -163,7 +128,7 @@ def utility_terms(
 def budget_terms(budget: nn.Module, view1: torch.Tensor, view2: torch.Tensor, *, temperature: float,
                  precision: Precision | None = None):
     """NT-Xent (loss, accuracy) of fB on two (already anonymized) views (N, 3, H, W)."""
-    precision = precision or Precision("off", view1.device)
+    precision = precision or Precision("fp32", view1.device)
     n = view1.shape[0]
     with precision.autocast():
         z = budget(torch.cat([view1, view2])).float()
@@ -197,16 +162,14 @@ def anonymizer_step(
     images: Mapping[str, torch.Tensor],
     *,
     weights: LossWeights,
-    step: int,
-    precision: Precision | None = None,
-    scaler: torch.amp.GradScaler | None = None,
+    stepper: Stepper,
 ) -> dict[str, float]:
     """Step 1: update fA only, on ``w_T * L_T - w_B * L_B``; fT, head, fB frozen in eval mode.
 
     ``action``: {"clip", "label"} (+ "positive", "negative" for temporal methods), clips
     (B, 3, T, H, W); ``images``: {"view1", "view2"} (N, 3, H, W). Returns the loss terms.
     """
-    precision = precision or Precision("off", action["clip"].device)
+    precision = stepper.precision
     models.anonymizer.train()
     with frozen(models.utility, models.embedding, models.budget):
         clips = anonymize_action_batch(models.anonymizer, action, temporal=weights.temporal, method=weights.method,
@@ -218,9 +181,9 @@ def anonymizer_step(
         v1, v2 = anonymize_views(models.anonymizer, images, precision=precision)
         budget = budget_terms(models.budget, v1, v2, temperature=weights.temperature, precision=precision)
         loss = weights.w_t * l_t - weights.w_b * budget.loss
-        check_finite(step, {"step1_loss": loss, "L_T": l_t, "L_B": budget.loss, **terms})
+        stepper.check({"step1_loss": loss, "L_T": l_t, "L_B": budget.loss, **terms}, half="anonymizer (Step 1)")
         optimizer.zero_grad(set_to_none=True)
-        backward_step(loss, optimizer, scaler)
+        stepper.backward(loss, optimizer, name="anonymizer")
     return {
         "loss_A": float(loss.detach()), "L_T": float(l_t.detach()), "L_B": float(budget.loss.detach()),
         "budget_acc": float(budget.accuracy), "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),
@@ -236,12 +199,10 @@ def adversary_step(
     images: Mapping[str, torch.Tensor],
     *,
     weights: LossWeights,
-    step: int,
-    precision: Precision | None = None,
-    scalers: tuple[torch.amp.GradScaler | None, torch.amp.GradScaler | None] = (None, None),
+    stepper: Stepper,
 ) -> dict[str, float]:
     """Step 2: fA frozen; fT + head minimise L_T, fB minimises L_B (each its own optimiser)."""
-    precision = precision or Precision("off", action["clip"].device)
+    precision = stepper.precision
     with frozen(models.anonymizer), torch.no_grad():
         clips = anonymize_action_batch(models.anonymizer, action, temporal=weights.temporal, method=weights.method,
                                        precision=precision)
@@ -254,11 +215,11 @@ def adversary_step(
         positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
     )
     budget = budget_terms(models.budget, v1, v2, temperature=weights.temperature, precision=precision)
-    check_finite(step, {"L_T": l_t, "L_B": budget.loss, **terms})
+    stepper.check({"L_T": l_t, "L_B": budget.loss, **terms}, half="adversary (Step 2)")
     utility_optimizer.zero_grad(set_to_none=True)
     budget_optimizer.zero_grad(set_to_none=True)
-    backward_step(l_t, utility_optimizer, scalers[0])
-    backward_step(budget.loss, budget_optimizer, scalers[1])
+    stepper.backward(l_t, utility_optimizer, name="utility")
+    stepper.backward(budget.loss, budget_optimizer, name="budget")
     return {
         "L_T": float(l_t.detach()), "L_B": float(budget.loss.detach()), "budget_acc": float(budget.accuracy),
         "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),

@@ -46,18 +46,19 @@ from anonymization_training.data import (
 from anonymization_training.steps import (
     LossWeights,
     MinimaxModels,
-    Precision,
     adversary_step,
     anonymize_views,
     anonymizer_step,
-    backward_step,
     budget_terms,
 )
-from aux_code.checkpoint import CheckpointError, atomic_write_json, load_state_dict_strict
-from aux_code.config import ConfigError, config_hash
+from aux_code.checkpoint import CheckpointError
+from aux_code.config import ConfigError
+from aux_code.fit import Selection, Stepper, StoredModel, Task, fit
 from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_utility
-from aux_code.models.stored import load_stored_model, pack_model
-from aux_code.training import BEST, LAST, RunContext, check_finite, plain_config, start_run
+from aux_code.models.stored import load_stored_model
+from aux_code.precision import Precision
+from aux_code.schedule import Schedule
+from aux_code.training import RunContext, start_run
 
 STAGE = "anonymization"
 
@@ -197,21 +198,7 @@ def save_grid(anonymizer: nn.Module, images: torch.Tensor, ctx: RunContext, epoc
     return path
 
 
-# --------------------------------------------------------------------------- common plumbing
-
-
-def write_results(run_dir: Path, results: dict) -> None:
-    atomic_write_json(run_dir / "results.json", results)
-
-
-def lr_factor(epoch: int, warmup_epochs: int) -> float:
-    """Linear warm-up: epoch e (0-based) runs at (e + 1) / (warmup + 1) of the base lr until warm."""
-    return min(1.0, (epoch + 1) / (warmup_epochs + 1)) if warmup_epochs > 0 else 1.0
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+# --------------------------------------------------------------------------- the single-model tasks
 
 
 def _log(ctx: RunContext, text: str) -> None:
@@ -219,123 +206,39 @@ def _log(ctx: RunContext, text: str) -> None:
         print(f"[anonymization] {text}", flush=True)
 
 
-def _mean(records: list[dict[str, float]]) -> dict[str, float]:
-    keys = records[0].keys() if records else []
-    return {k: sum(r[k] for r in records) / len(records) for k in keys}
+class SingleModelTask(Task):
+    """One model trained alone with Adam and the schedule: utility_pretrain, identity and budget_ssl
+    differ only in the model, its batches, its loss, its validation and what is reported at the end."""
 
+    def __init__(self, cfg: AnonymizationConfig, ctx: RunContext, *, key: str, model: nn.Module, spec: dict,
+                 selection: Selection, batches: Callable[[int], Sized], loss: Callable[[dict, int], dict[str, torch.Tensor]],
+                 validate: Callable[[int], dict[str, float]], final: Callable[[nn.Module], dict] | None = None) -> None:
+        self.name, self.epochs, self.eval_every, self.selection = cfg.task, cfg.optim.epochs, cfg.eval.every, selection
+        self.key, self.spec, self.device = key, spec, ctx.device
+        self.model = model.to(ctx.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.schedule = Schedule(cfg.schedule, lr=cfg.optim.lr, optimizers=[self.optimizer], mode=selection.mode)
+        self._batches, self._loss, self._validate, self._final = batches, loss, validate, final
 
-def _resume_state(ctx: RunContext, cfg: AnonymizationConfig) -> dict | None:
-    """last.pt of this run directory, refused when it was written by another task."""
-    state = ctx.resume_or(None)
-    if state is not None and state.get("task") != cfg.task:
-        raise CheckpointError(
-            f"resume checkpoint {ctx.run_dir / LAST} was written by task {state.get('task')!r}, not {cfg.task!r}; "
-            "use another run.name or run.resume=false"
-        )
-    return state
+    def models(self) -> dict[str, StoredModel]:
+        return {self.key: StoredModel(self.key, self.spec, self.model)}
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {self.key: self.optimizer}
 
-@dataclass
-class SingleTask:
-    """One model trained alone: what differs between utility_pretrain, identity and budget_ssl."""
+    def batches(self, epoch: int) -> Sized:
+        self.model.train()
+        return self._batches(epoch)
 
-    key: str                     # model key in ckpt["models"]
-    kind: str                    # registry kind
-    model: nn.Module
-    spec: dict
-    select_metric: str           # key of validate()'s dict
-    select_mode: str             # "max" | "min"
-    batches: Callable[[int], Sized]                      # epoch -> training batches (a DataLoader)
-    loss: Callable[[dict, int], dict[str, torch.Tensor]]  # (batch, step) -> terms incl. "loss"
-    validate: Callable[[int], dict[str, float]]          # epoch -> validation metrics
-    final: Callable[[nn.Module], dict] = lambda m: {}    # extra results from the selected model
+    def train_step(self, batch: dict, stepper: Stepper) -> dict[str, float]:
+        return stepper.update(self._loss(_to(batch, self.device), stepper.step), self.optimizer)
 
+    def validate(self, epoch: int) -> dict[str, float]:
+        return self._validate(epoch)
 
-def run_single(cfg: AnonymizationConfig, ctx: RunContext, task: SingleTask) -> dict:
-    """The epoch loop of the single-model tasks: warm-up, plateau halving, validation, selection, resume."""
-    model = task.model.to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    precision = Precision(cfg.optim.amp, ctx.device)
-    scaler = precision.scaler()
-    sched = {"scale": 1.0, "bad_epochs": 0}
-    history: list[dict] = []
-    start_epoch = 0
-    state = _resume_state(ctx, cfg)
-    if state is not None:
-        load_state_dict_strict(model, state["models"][task.key]["state_dict"], source=f"resume checkpoint {ctx.run_dir / LAST}")
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        sched, history, start_epoch = dict(state["schedule"]), list(state["history"]), int(state["epoch"])
-        _log(ctx, f"resuming {ctx.run_dir} after epoch {start_epoch}/{cfg.optim.epochs}")
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        started = time.perf_counter()
-        set_lr(optimizer, cfg.optim.lr * lr_factor(epoch, cfg.optim.warmup_epochs) * sched["scale"])
-        model.train()
-        records = []
-        batches = task.batches(epoch)
-        for i, batch in enumerate(batches):
-            step = epoch * len(batches) + i + 1  # global step: the same whether resumed or not
-            terms = task.loss(_to(batch, ctx.device), step)
-            check_finite(step, terms)
-            optimizer.zero_grad(set_to_none=True)
-            backward_step(terms["loss"], optimizer, scaler)
-            records.append({k: float(v.detach()) for k, v in terms.items()})
-            if cfg.run.log_every and (i + 1) % cfg.run.log_every == 0:
-                ctx.logger.log(step, records[-1], phase="train")
-        if not records:
-            raise StageDataError(f"epoch {epoch} of task {cfg.task} had no training batch")
-        train_metrics = _mean(records)
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                                   **{f"train_{k}": v for k, v in train_metrics.items()}}
-        metric = None
-        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs:
-            val = task.validate(epoch + 1)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-            metric = val[task.select_metric]
-        metrics["epoch_time_s"] = time.perf_counter() - started
-        ctx.logger.log(epoch + 1, metrics, phase="epoch")
-        history.append(metrics)
-        best = ctx.best.best
-        improved = metric is not None and (best is None or (metric > best if task.select_mode == "max" else metric < best))
-        if metric is not None and cfg.optim.plateau_patience > 0:
-            sched["bad_epochs"] = 0 if improved else sched["bad_epochs"] + cfg.eval.every
-            if sched["bad_epochs"] >= cfg.optim.plateau_patience:
-                sched["scale"] *= cfg.optim.plateau_factor
-                sched["bad_epochs"] = 0
-        ctx.save(
-            {
-                "models": {task.key: pack_model(task.kind, task.spec, model)},
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "schedule": sched,
-                "history": history,
-                "config": plain_config(cfg),
-                "task": cfg.task,
-            },
-            epoch=epoch + 1,
-            metric=metric,
-        )
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "lr")
-        _log(ctx, f"{cfg.task} epoch {epoch + 1}/{cfg.optim.epochs}: {shown}")
-    best_epoch = ctx.best.best_epoch
-    selected = next(h for h in history if h["epoch"] == best_epoch)
-    best_model, _ = load_stored_model(ctx.run_dir / BEST, task.key)
-    results = {
-        "task": cfg.task,
-        "selected_epoch": best_epoch,
-        "selection": {"metric": f"val_{task.select_metric}", "mode": task.select_mode, "value": ctx.best.best},
-        "selected": {k: v for k, v in selected.items() if k.startswith("val_")},
-        "epochs": cfg.optim.epochs,
-        **task.final(best_model.to(ctx.device)),
-        "config_hash": config_hash(cfg),
-    }
-    if ctx.dist.is_main:
-        write_results(ctx.run_dir, results)
-    return results
+    def finish(self, selected: dict) -> dict:
+        return {} if self._final is None else self._final(self.model)
 
-
-# --------------------------------------------------------------------------- the single-model tasks
 
 
 def _augment(cfg: AnonymizationConfig):
@@ -393,14 +296,13 @@ def _steps(cfg: AnonymizationConfig, n_items: int, batch_size: int, *, per_step:
     return steps
 
 
-def task_utility_pretrain(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
+def task_utility_pretrain(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> Task:
     d = cfg.data
     splits, train, val, test = _action_data(cfg, ctx, test=True)
     assert test is not None
     model, spec = fresh_utility(cfg, len(splits.classes))
     ds = ActionClips(train, _augment(cfg), clip_len=d.clip_len, skip=d.skip)
     steps = _steps(cfg, len(train), cfg.optim.batch_size)
-    precision = Precision(cfg.optim.amp, ctx.device)
     val_loader, n_val = _eval_clip_loader(cfg, val)
     test_loader, n_test = _eval_clip_loader(cfg, test)
 
@@ -423,10 +325,11 @@ def task_utility_pretrain(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
         return {"test_top1": test_metrics["top1"], "test_split": f"testlist0{d.action_fold}",
                 "note": "test_top1 is reported only; selection used val_top1 (carved from the train list)"}
 
-    return run_single(cfg, ctx, SingleTask("utility", "utility", model, spec, "top1", "max", batches, loss, validate, final))
+    return SingleModelTask(cfg, ctx, key="utility", model=model, spec=spec, batches=batches, loss=loss, validate=validate,
+                           final=final, selection=Selection("top1", "max", "max validation video top-1 (held-out train-list groups)"))
 
 
-def task_identity(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
+def task_identity(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> Task:
     d = cfg.data
     _, train, val, _ = _action_data(cfg, ctx)
     p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_val_fraction, val_seed=d.privacy_val_seed)
@@ -436,7 +339,6 @@ def task_identity(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
         raise ValueError(f"model.anonymizer = {cfg.model.anonymizer!r} has no parameters to train")
     ds = IdentityFrames(train, images_train, _augment(cfg), frames_per_video=d.frames_per_video)
     steps = _steps(cfg, len(ds), cfg.optim.batch_size)
-    precision = Precision(cfg.optim.amp, ctx.device)
     ev = eval_transform(d.size, scale=d.crop_scale)
     val_loader = loader(EvalFrames(val, images_val, ev), batch_size=cfg.optim.batch_size, num_workers=cfg.run.num_workers)
     grid = _grid_images(cfg, images_val)
@@ -456,17 +358,17 @@ def task_identity(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
         save_grid(model, grid, ctx, epoch, precision=precision)
         return {"l1": evaluate_l1(model, val_loader, device=ctx.device, precision=precision)}
 
-    return run_single(cfg, ctx, SingleTask("anonymizer", "anonymizer", model, spec, "l1", "min", batches, loss, validate))
+    return SingleModelTask(cfg, ctx, key="anonymizer", model=model, spec=spec, batches=batches, loss=loss, validate=validate,
+                           selection=Selection("l1", "min", "min validation L1 (action val frames + privacy val images)"))
 
 
-def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
+def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> Task:
     d = cfg.data
     p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_val_fraction, val_seed=d.privacy_val_seed)
     images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
     model, spec = fresh_budget(cfg)
     ds = ImageViews(images_train, _augment(cfg))
     steps = _steps(cfg, len(images_train), cfg.optim.image_batch_size)
-    precision = Precision(cfg.optim.amp, ctx.device)
     val_loader = _eval_view_loader(cfg, images_val)
 
     def batches(epoch: int):
@@ -481,7 +383,8 @@ def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
     def validate(epoch: int) -> dict:
         return evaluate_budget(None, model, val_loader, temperature=cfg.loss.temperature, device=ctx.device, precision=precision)
 
-    return run_single(cfg, ctx, SingleTask("budget", "budget", model, spec, "loss", "min", batches, loss, validate))
+    return SingleModelTask(cfg, ctx, key="budget", model=model, spec=spec, batches=batches, loss=loss, validate=validate,
+                           selection=Selection("loss", "min", "min validation NT-Xent loss (privacy val images)"))
 
 
 def _grid_images(cfg: AnonymizationConfig, images: ImageSource) -> torch.Tensor:
@@ -543,140 +446,100 @@ def selection_score(rule: str, metrics: dict[str, float], initial: dict[str, flo
     return top1 - acc if inside else -1.0 - acc
 
 
-def task_minimax(cfg: AnonymizationConfig, ctx: RunContext) -> dict:
-    d, o = cfg.data, cfg.optim
-    splits, train, val, _ = _action_data(cfg, ctx)
-    p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_val_fraction, val_seed=d.privacy_val_seed)
-    images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
-    weights = loss_weights(cfg)
-    action_ds = ActionClips(train, _augment(cfg), clip_len=d.clip_len, skip=d.skip, triplet=weights.temporal,
-                            negative_distance=cfg.loss.negative_distance, negative_min_gap=cfg.loss.negative_min_gap)
-    image_ds = ImageViews(images_train, _augment(cfg))
-    if len(images_train) < o.image_batch_size:
-        raise StageDataError(f"{len(images_train)} privacy train image(s) cannot fill a batch of {o.image_batch_size}")
-    steps = _steps(cfg, len(train), o.batch_size, per_step=2)
+class MinimaxTask(Task):
+    """TeD-SPAD Algorithm 1 (or SPAct / the ablations): each train step is Step 1 (fA) then Step 2 (fT, fB),
+    each on its own action and image batch; selection by ``eval.select`` against the epoch-0 validation."""
 
-    models, specs = load_init_models(cfg, len(splits.classes))
-    for m in models.as_dict().values():
-        m.to(ctx.device)
-    opt_a = torch.optim.Adam(models.anonymizer.parameters(), lr=o.lr_anonymizer, weight_decay=o.weight_decay)
-    opt_t = torch.optim.Adam([*models.utility.parameters(), *models.embedding.parameters()], lr=o.lr_utility,
-                             weight_decay=o.weight_decay)
-    opt_b = torch.optim.Adam(models.budget.parameters(), lr=o.lr_budget, weight_decay=o.weight_decay)
-    optimizers = {"anonymizer": opt_a, "utility": opt_t, "budget": opt_b}
-    precision = Precision(o.amp, ctx.device)
-    scalers = {k: precision.scaler() for k in optimizers}
+    def __init__(self, cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> None:
+        d, o = cfg.data, cfg.optim
+        self.cfg, self.ctx, self.precision, self.device = cfg, ctx, precision, ctx.device
+        self.name, self.epochs, self.eval_every = cfg.task, o.epochs, cfg.eval.every
+        self.selection = Selection("selection_score", "max", f"eval.select = {cfg.eval.select} (see --help-config)")
+        splits, self.train_videos, val, _ = _action_data(cfg, ctx)
+        p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_val_fraction, val_seed=d.privacy_val_seed)
+        self.images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
+        self.weights = loss_weights(cfg)
+        self.action_ds = ActionClips(self.train_videos, _augment(cfg), clip_len=d.clip_len, skip=d.skip,
+                                     triplet=self.weights.temporal, negative_distance=cfg.loss.negative_distance,
+                                     negative_min_gap=cfg.loss.negative_min_gap)
+        self.image_ds = ImageViews(self.images_train, _augment(cfg))
+        if len(self.images_train) < o.image_batch_size:
+            raise StageDataError(f"{len(self.images_train)} privacy train image(s) cannot fill a batch of {o.image_batch_size}")
+        self.steps = _steps(cfg, len(self.train_videos), o.batch_size, per_step=2)
+        self.net, self.specs = load_init_models(cfg, len(splits.classes))
+        for m in self.net.as_dict().values():
+            m.to(ctx.device)
+        self.opt = {
+            "anonymizer": torch.optim.Adam(self.net.anonymizer.parameters(), lr=o.lr_anonymizer, weight_decay=o.weight_decay),
+            "utility": torch.optim.Adam([*self.net.utility.parameters(), *self.net.embedding.parameters()], lr=o.lr_utility,
+                                        weight_decay=o.weight_decay),
+            "budget": torch.optim.Adam(self.net.budget.parameters(), lr=o.lr_budget, weight_decay=o.weight_decay),
+        }
+        self.val_loader, self.n_val = _eval_clip_loader(cfg, val)
+        self.view_loader = _eval_view_loader(cfg, images_val)
+        self.grid = _grid_images(cfg, images_val)
+        self.initial: dict[str, float] = {}
 
-    val_loader, n_val = _eval_clip_loader(cfg, val)
-    view_loader = _eval_view_loader(cfg, images_val)
-    grid = _grid_images(cfg, images_val)
+    def models(self) -> dict[str, StoredModel]:
+        return {k: StoredModel(k, self.specs[k], m) for k, m in self.net.as_dict().items()}
 
-    def validate(epoch: int) -> dict[str, float]:
-        action = evaluate_action(models.anonymizer, models.utility, val_loader, num_videos=n_val, device=ctx.device,
-                                 precision=precision)
-        budget = evaluate_budget(models.anonymizer, models.budget, view_loader, temperature=cfg.loss.temperature,
-                                 device=ctx.device, precision=precision)
-        save_grid(models.anonymizer, grid, ctx, epoch, precision=precision)
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.opt
+
+    def task_state(self) -> dict:
+        return {"initial": self.initial}
+
+    def load_task_state(self, state: dict) -> None:
+        self.initial = dict(state["initial"])
+
+    def start(self) -> None:
+        self.initial = {**self.validate(0), "epoch": 0}
+        self.ctx.logger.log(0, self.initial, phase="val")
+        _log(self.ctx, "minimax epoch 0 (inits, before any step): " + ", ".join(f"{k}={v:.4g}" for k, v in self.initial.items()))
+
+    def batches(self, epoch: int) -> range:
+        o, seed, workers = self.cfg.optim, self.cfg.run.seed, self.cfg.run.num_workers
+        action_keys = epoch_batches(len(self.train_videos), batch_size=o.batch_size, num_batches=2 * self.steps, seed=seed,
+                                    stream=STREAM_ACTION, epoch=epoch)
+        image_keys = epoch_batches(len(self.images_train), batch_size=o.image_batch_size, num_batches=2 * self.steps,
+                                   seed=seed, stream=STREAM_PRIVACY, epoch=epoch)
+        # Each half pulls its own batches as it runs (not all four up front): the data and the
+        # steps then use the global RNG in the same order whatever the loader does.
+        self._action = iter(loader(self.action_ds, batches=action_keys, num_workers=workers))
+        self._images = iter(loader(self.image_ds, batches=image_keys, num_workers=workers))
+        return range(self.steps)
+
+    def train_step(self, batch: int, stepper: Stepper) -> dict[str, float]:
+        pull = lambda it: _to(next(it), self.device)  # noqa: E731
+        m1 = anonymizer_step(self.net, self.opt["anonymizer"], pull(self._action), pull(self._images),
+                             weights=self.weights, stepper=stepper)
+        m2 = adversary_step(self.net, self.opt["utility"], self.opt["budget"], pull(self._action), pull(self._images),
+                            weights=self.weights, stepper=stepper)
+        return {**{f"step1_{k}": v for k, v in m1.items()}, **{f"step2_{k}": v for k, v in m2.items()}}
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        action = evaluate_action(self.net.anonymizer, self.net.utility, self.val_loader, num_videos=self.n_val,
+                                 device=self.device, precision=self.precision)
+        budget = evaluate_budget(self.net.anonymizer, self.net.budget, self.view_loader, temperature=self.cfg.loss.temperature,
+                                 device=self.device, precision=self.precision)
+        save_grid(self.net.anonymizer, self.grid, self.ctx, epoch, precision=self.precision)
         return {"action_top1": action["top1"], "budget_loss": budget["loss"], "budget_acc": budget["acc"]}
 
-    def packed() -> dict:
-        kinds = {"anonymizer": "anonymizer", "utility": "utility", "budget": "budget", "embedding": "embedding"}
-        return {k: pack_model(kinds[k], specs[k], m) for k, m in models.as_dict().items()}
+    def score(self, metrics: dict[str, float]) -> float:
+        return selection_score(self.cfg.eval.select, metrics, self.initial, self.cfg.eval.max_action_drop)
 
-    history: list[dict] = []
-    state = _resume_state(ctx, cfg)
-    if state is not None:
-        source = f"resume checkpoint {ctx.run_dir / LAST}"
-        for k, m in models.as_dict().items():
-            load_state_dict_strict(m, state["models"][k]["state_dict"], source=f"{source} [models][{k}]")
-        for k, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][k])
-            if scalers[k] is not None and state["scalers"].get(k):
-                scalers[k].load_state_dict(state["scalers"][k])
-        initial, history, start_epoch = dict(state["initial"]), list(state["history"]), int(state["epoch"])
-        _log(ctx, f"resuming {ctx.run_dir} after epoch {start_epoch}/{o.epochs}")
-    else:
-        start_epoch = 0
-        initial = validate(0)
-        initial["epoch"] = 0
-        ctx.logger.log(0, initial, phase="val")
-        _log(ctx, "minimax epoch 0 (inits, before any step): " + ", ".join(f"{k}={v:.4g}" for k, v in initial.items()))
-
-    for epoch in range(start_epoch, o.epochs):
-        started = time.perf_counter()
-        action_keys = epoch_batches(len(train), batch_size=o.batch_size, num_batches=2 * steps, seed=cfg.run.seed,
-                                    stream=STREAM_ACTION, epoch=epoch)
-        image_keys = epoch_batches(len(images_train), batch_size=o.image_batch_size, num_batches=2 * steps,
-                                   seed=cfg.run.seed, stream=STREAM_PRIVACY, epoch=epoch)
-        action_iter = iter(loader(action_ds, batches=action_keys, num_workers=cfg.run.num_workers))
-        image_iter = iter(loader(image_ds, batches=image_keys, num_workers=cfg.run.num_workers))
-        step1, step2 = [], []
-        for i in range(steps):
-            step = (epoch * steps + i) * 2 + 1
-            m1 = anonymizer_step(models, opt_a, _to(next(action_iter), ctx.device), _to(next(image_iter), ctx.device),
-                                 weights=weights, step=step, precision=precision, scaler=scalers["anonymizer"])
-            m2 = adversary_step(models, opt_t, opt_b, _to(next(action_iter), ctx.device), _to(next(image_iter), ctx.device),
-                                weights=weights, step=step + 1, precision=precision,
-                                scalers=(scalers["utility"], scalers["budget"]))
-            step1.append(m1)
-            step2.append(m2)
-            if cfg.run.log_every and (i + 1) % cfg.run.log_every == 0:
-                ctx.logger.log(step, {**{f"step1_{k}": v for k, v in m1.items()}, **{f"step2_{k}": v for k, v in m2.items()}})
-        metrics: dict[str, Any] = {"epoch": epoch + 1, **{f"step1_{k}": v for k, v in _mean(step1).items()},
-                                   **{f"step2_{k}": v for k, v in _mean(step2).items()}}
-        score = None
-        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == o.epochs:
-            val_metrics = validate(epoch + 1)
-            metrics.update({f"val_{k}": v for k, v in val_metrics.items()})
-            score = selection_score(cfg.eval.select, val_metrics, initial, cfg.eval.max_action_drop)
-            metrics["val_selection_score"] = score
-        metrics["epoch_time_s"] = time.perf_counter() - started
-        ctx.logger.log(epoch + 1, metrics, phase="epoch")
-        history.append(metrics)
-        ctx.save(
-            {
-                "models": packed(),
-                "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
-                "scalers": {k: s.state_dict() if s is not None else {} for k, s in scalers.items()},
-                "initial": initial,
-                "history": history,
-                "config": plain_config(cfg),
-                "task": cfg.task,
-            },
-            epoch=epoch + 1,
-            metric=score,
-        )
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                          if isinstance(v, float) and (k.startswith("val_") or k in ("step1_L_T", "step1_L_B", "epoch_time_s")))
-        _log(ctx, f"minimax ({cfg.loss.method}) epoch {epoch + 1}/{o.epochs}: {shown}")
-
-    best_epoch = ctx.best.best_epoch
-    selected = next(h for h in history if h["epoch"] == best_epoch)
-    strip = lambda m: {k[4:]: v for k, v in m.items() if k.startswith("val_")}  # noqa: E731
-    sel = strip(selected)
-    results = {
-        "task": cfg.task,
-        "method": cfg.loss.method,
-        "initial": {k: v for k, v in initial.items() if k != "epoch"},
-        "selected": sel,
-        "selected_epoch": best_epoch,
-        "selection": {"rule": cfg.eval.select, "max_action_drop": cfg.eval.max_action_drop,
-                      "within_margin": sel["action_top1"] >= initial["action_top1"] - cfg.eval.max_action_drop - 1e-9},
-        "last": strip(history[-1]),
-        "epochs": o.epochs,
-        "precision": precision.name,
-        "config_hash": config_hash(cfg),
-    }
-    if ctx.dist.is_main:
-        write_results(ctx.run_dir, results)
-    return results
+    def finish(self, selected: dict) -> dict:
+        drop = self.cfg.eval.max_action_drop
+        return {"method": self.cfg.loss.method, "initial": {k: v for k, v in self.initial.items() if k != "epoch"},
+                "max_action_drop": drop,
+                "within_margin": selected["val_action_top1"] >= self.initial["action_top1"] - drop - 1e-9}
 
 
-TASKS: dict[str, Callable[[AnonymizationConfig, RunContext], dict]] = {
+TASKS: dict[str, Callable[[AnonymizationConfig, RunContext, Precision], Task]] = {
     "utility_pretrain": task_utility_pretrain,
     "identity": task_identity,
     "budget_ssl": task_budget_ssl,
-    "minimax": task_minimax,
+    "minimax": MinimaxTask,
 }
 
 
@@ -702,8 +565,10 @@ def run(cfg: AnonymizationConfig) -> dict:
         # The minimax alternates three optimisers on small batches; it is not sharded (yet).
         raise ConfigError("anonymization_training runs as a single process; launch it without torchrun")
     check_inits(cfg)
-    ctx = start_run(cfg, stage=STAGE, select="min" if cfg.task in ("identity", "budget_ssl") else "max")
+    ctx = start_run(cfg, stage=STAGE)
     try:
-        return TASKS[cfg.task](cfg, ctx)
+        precision = Precision(cfg.precision, ctx.device)
+        return fit(TASKS[cfg.task](cfg, ctx, precision), ctx, cfg=cfg, stage=STAGE, precision=precision,
+                   log_every=cfg.run.log_every)
     finally:
         ctx.finish()

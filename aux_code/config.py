@@ -389,6 +389,14 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def experiment_hash(cfg: Any) -> str:
+    """Hash of what decides a run's numbers: every section but paths and the run plumbing."""
+    d = to_dict(cfg)
+    d.pop("paths", None)
+    d["run"] = {"seed": cfg.run.seed, "deterministic": cfg.run.deterministic}
+    return config_hash(d)
+
+
 def code_version() -> dict:
     """The git commit (and whether the tree was dirty) plus library versions."""
     info: dict[str, Any] = {"python": sys.version.split()[0]}

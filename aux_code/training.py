@@ -64,15 +64,16 @@ def check_resumable(run_dir: Path, cfg: Any) -> None:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite; the message names the step and every loss term."""
+    """A loss became NaN or infinite; the message names the stage, step, half and every loss term."""
 
 
-def check_finite(step: int, terms: Mapping[str, torch.Tensor | float]) -> None:
-    """Stop the run, naming the step and the terms, when any loss term is not finite."""
+def check_finite(step: int, terms: Mapping[str, torch.Tensor | float], *, where: str = "") -> None:
+    """Stop the run, naming where (stage and minimax half), the step and the terms, when any loss term is not finite."""
     values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in terms.items()}
     if not all(math.isfinite(v) for v in values.values()):
         shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-        raise NonFiniteLossError(f"non-finite loss at step {step}: {shown}")
+        prefix = f"{where}: " if where else ""
+        raise NonFiniteLossError(f"{prefix}non-finite loss at step {step}: {shown}")
 
 
 def rng_state() -> dict:

@@ -120,6 +120,15 @@ def optimizers(models: MinimaxModels, lr: float = 1e-2):
 # --------------------------------------------------------------------------- the steps
 
 
+def _stepper(step: int):
+    from aux_code.fit import Stepper
+    from aux_code.precision import Precision
+
+    stepper = Stepper(Precision("fp32", torch.device("cpu")), stage="test")
+    stepper.step = step
+    return stepper
+
+
 @pytest.mark.parametrize("method", ["tedspad", "spact", "temporal_invariance"])
 def test_minimax_steps_update_exactly_the_intended_models(method):
     models = tiny_models()
@@ -128,7 +137,7 @@ def test_minimax_steps_update_exactly_the_intended_models(method):
     action, images = fake_batches()
     before = {k: snapshot(m) for k, m in models.as_dict().items()}
 
-    anonymizer_step(models, opt_a, action, images, weights=weights, step=1)
+    anonymizer_step(models, opt_a, action, images, weights=weights, stepper=_stepper(1))
     after1 = {k: snapshot(m) for k, m in models.as_dict().items()}
     assert changed_params(before["anonymizer"], models.anonymizer)
     for key in ("utility", "embedding", "budget"):  # parameters and BN statistics, bit for bit
@@ -138,7 +147,7 @@ def test_minimax_steps_update_exactly_the_intended_models(method):
         assert all(p.requires_grad for p in models.as_dict()[key].parameters()), key  # unfrozen again
 
     action2, images2 = fake_batches(seed=2)
-    adversary_step(models, opt_t, opt_b, action2, images2, weights=weights, step=2)
+    adversary_step(models, opt_t, opt_b, action2, images2, weights=weights, stepper=_stepper(2))
     after2 = {k: snapshot(m) for k, m in models.as_dict().items()}
     assert same(after1["anonymizer"], after2["anonymizer"])
     assert changed_params(after1["utility"], models.utility)
@@ -172,9 +181,9 @@ def test_anonymizer_gets_gradients_from_both_branches():
 
 
 def _fp32():
-    from anonymization_training.steps import Precision
+    from aux_code.precision import Precision
 
-    return Precision("off", torch.device("cpu"))
+    return Precision("fp32", torch.device("cpu"))
 
 
 def test_spact_has_no_triplet_term():
@@ -188,9 +197,11 @@ def test_spact_has_no_triplet_term():
         assert "triplet" not in terms
         assert total.item() == pytest.approx(terms["ce"].item(), abs=0.0)
     cfg = load_config(AnonymizationConfig, CONFIGS / "spact.yaml", check_paths=False)
-    assert cfg.loss.method == "spact" and not cfg.uses_triplet()
+    from anonymization_training.train import loss_weights
+
+    assert cfg.loss.method == "spact" and not loss_weights(cfg).temporal
     tedspad = load_config(AnonymizationConfig, CONFIGS / "tedspad.yaml", check_paths=False)
-    assert tedspad.uses_triplet() and tedspad.loss.omega == 0.1 and tedspad.loss.margin == 1.0
+    assert loss_weights(tedspad).temporal and tedspad.loss.omega == 0.1 and tedspad.loss.margin == 1.0
 
 
 def test_tedspad_utility_loss_adds_omega_times_triplet():
@@ -214,7 +225,7 @@ def test_non_finite_loss_names_step_and_terms():
     action, images = fake_batches()
     images["view1"][0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"step 7.*L_B=nan"):
-        anonymizer_step(models, opt_a, action, images, weights=LossWeights(), step=7)
+        anonymizer_step(models, opt_a, action, images, weights=LossWeights(), stepper=_stepper(7))
 
 
 # --------------------------------------------------------------------------- losses by hand
@@ -333,7 +344,7 @@ def test_init_tasks_write_contract_checkpoints(init_runs):
         for ckpt in ("best.pt", "last.pt"):
             assert set(load_checkpoint(run_dir / ckpt)["models"]) == {key}
         results = json.loads((run_dir / "results.json").read_text())
-        assert results["config_hash"] and results["selected_epoch"] == 1
+        assert results["config_hash"] and results["selection"]["epoch"] == 1
         load_stored_model(run_dir / "best.pt", key)
     utility = json.loads((init_runs / "anonymization" / "utility" / "results.json").read_text())
     assert 0.0 <= utility["test_top1"] <= 1.0 and utility["test_split"] == "testlist01"
@@ -348,7 +359,7 @@ def test_minimax_end_to_end(init_runs, tiny_world, method):
     assert rc == 0
     run_dir = init_runs / "anonymization" / f"mm_{method}"
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["method"] == method and results["selected_epoch"] == 1
+    assert results["method"] == method and results["selection"]["epoch"] == 1
     assert set(results["initial"]) == {"action_top1", "budget_loss", "budget_acc"}
     assert set(load_checkpoint(run_dir / "best.pt")["models"]) == {"anonymizer", "utility", "budget", "embedding"}
     assert (run_dir / "grids" / "epoch_000.png").is_file() and (run_dir / "grids" / "epoch_001.png").is_file()
@@ -363,7 +374,7 @@ def test_minimax_resume_equals_uninterrupted(init_runs, tiny_world):
     assert main([*common, "run.name=resumed", "optim.epochs=2"]) == 0
     straight = init_runs / "anonymization" / "straight"
     results = json.loads((straight / "results.json").read_text())
-    assert results["method"] == "tedspad" and results["selected_epoch"] in (1, 2)
+    assert results["method"] == "tedspad" and results["selection"]["epoch"] in (1, 2)
     assert set(results["initial"]) == {"action_top1", "budget_loss", "budget_acc"}
     assert set(load_checkpoint(straight / "best.pt")["models"]) == {"anonymizer", "utility", "budget", "embedding"}
     assert all((straight / "grids" / f"epoch_00{e}.png").is_file() for e in (0, 1, 2))
@@ -374,7 +385,7 @@ def test_minimax_resume_equals_uninterrupted(init_runs, tiny_world):
         sa, sb = a["models"][key]["state_dict"], b["models"][key]["state_dict"]
         assert same(sa, sb), key
     assert a["history"][-1]["val_action_top1"] == b["history"][-1]["val_action_top1"]
-    assert a["history"][-1]["step1_L_B"] == b["history"][-1]["step1_L_B"]
+    assert a["history"][-1]["train_step1_L_B"] == b["history"][-1]["train_step1_L_B"]
 
 
 def test_missing_init_checkpoint_names_file_and_key(init_runs, tiny_world, capsys):

@@ -50,3 +50,11 @@ def test_stage_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(args + [f"paths.ped2={tmp_path / 'nowhere'}"])
     assert e.value.code == 2 and "paths.ped2" in capsys.readouterr().err
+
+
+def test_table1_interval():
+    from scripts.luss_table1 import interval
+
+    m, lo, hi = interval([80.0, 82.0, 84.0])  # sd 2, n 3: half-width 4.303 * 2 / sqrt(3)
+    assert m == 82.0 and hi - m == pytest.approx(4.303 * 2 / 3**0.5) and m - lo == pytest.approx(hi - m)
+    assert interval([70.0]) == (70.0, 70.0, 70.0)

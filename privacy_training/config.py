@@ -21,6 +21,7 @@ from typing import Literal, Optional
 
 from aux_code.anonymizers import AnonymizerSection
 from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+from aux_code.schedule import ScheduleSection
 
 
 @dataclass
@@ -86,16 +87,12 @@ class AugmentSection:
 
 @dataclass
 class OptimSection:
-    """Adam, warm-up, then divide-by-5 on a validation plateau."""
+    """Adam of the target model (the schedule section sets its lr: warm-up, then divide-by-5 on a plateau)."""
 
-    lr: float = opt(1e-3, "Adam learning rate after warm-up.")
+    lr: float = opt(1e-3, "Adam learning rate (after the schedule's warm-up).")
     weight_decay: float = opt(0.0, "Adam weight decay.")
     batch_size: int = opt(32, "Training images per step.")
     epochs: int = opt(50, "Training epochs.")
-    warmup_epochs: int = opt(2, "Epochs of linear warm-up from lr / 10 to lr (0: none).")
-    plateau_factor: float = opt(0.2, "Multiply the learning rate by this when validation cMAP stops improving (0.2: divide by 5).")
-    plateau_patience: int = opt(3, "Evaluations without improvement before the learning rate drops.")
-    min_lr: float = opt(1e-6, "Lower bound of the learning rate.")
 
 
 @dataclass
@@ -169,6 +166,10 @@ class PrivacyConfig:
     model: ModelSection = opt(ModelSection(), "Target model fB'.")
     augment: AugmentSection = opt(AugmentSection(), "Training augmentation of the target model.")
     optim: OptimSection = opt(OptimSection(), "Target-model optimiser and epochs.")
+    schedule: ScheduleSection = opt(
+        ScheduleSection(warmup_epochs=2, warmup_start=0.1, plateau_patience=4, plateau_factor=0.2, min_lr=1e-6),
+        "Learning-rate schedule of the target model.",
+    )
     eval: EvalSection = opt(EvalSection(), "Validation, test metrics, comparison with raw.")
     leakage: LeakageSection = opt(LeakageSection(), "Image-level leakage metrics.")
     probe: ProbeSection = opt(ProbeSection(), "Feature-level probe (task: probe).")
@@ -196,9 +197,6 @@ class PrivacyConfig:
             (o.lr > 0, f"optim.lr = {o.lr} must be > 0"),
             (o.batch_size >= 2, f"optim.batch_size = {o.batch_size} must be >= 2 (BatchNorm)"),
             (o.epochs >= 1, f"optim.epochs = {o.epochs} must be >= 1"),
-            (o.warmup_epochs >= 0, f"optim.warmup_epochs = {o.warmup_epochs} must be >= 0"),
-            (0.0 < o.plateau_factor < 1.0, f"optim.plateau_factor = {o.plateau_factor} must be in (0, 1)"),
-            (o.plateau_patience >= 0, f"optim.plateau_patience = {o.plateau_patience} must be >= 0"),
             (self.eval.every >= 1, f"eval.every = {self.eval.every} must be >= 1"),
             (self.eval.batch_size >= 1, f"eval.batch_size = {self.eval.batch_size} must be >= 1"),
             (0.0 < self.eval.f1_threshold < 1.0, f"eval.f1_threshold = {self.eval.f1_threshold} must be in (0, 1)"),
@@ -213,6 +211,7 @@ class PrivacyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.schedule.validate()
         if self.task == "probe" and (p.checkpoint is None) == (p.weights is None):
             raise ConfigError(
                 "task: probe needs exactly one source of the utility model: probe.checkpoint (a stage-1 checkpoint "

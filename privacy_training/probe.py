@@ -8,7 +8,7 @@ features. The epoch is selected on the validation split; test cMAP is reported.
 
 from __future__ import annotations
 
-import copy
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
+from aux_code.fit import Selection, Stepper, StoredModel, Task
 from aux_code.metrics import cmap
-from aux_code.training import check_finite
+from aux_code.models.heads import MLPProbe
 from privacy_training.data import to_float
 
 
@@ -45,80 +46,63 @@ def extract_features(
     return torch.cat(feats)
 
 
-class MLPProbe(nn.Module):
-    """Standardised feature (N, D) -> attribute logits (N, A).
+class ProbeTask(Task):
+    """The MLP probe on frozen features (N, D) with attribute labels (N, A), BCE-with-logits and Adam;
+    validated every epoch on validation cMAP. Batches of fewer than 2 rows are skipped."""
 
-    Linear(D, hidden) - ReLU - Dropout - Linear(hidden, A), or one Linear when hidden == 0.
-    The feature mean/std of the training split are buffers, so the probe carries its own
-    normalisation.
-    """
+    name = "probe"
 
-    def __init__(self, in_dim: int, num_outputs: int, *, hidden: int = 256, dropout: float = 0.2):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("std", torch.ones(in_dim))
-        if hidden > 0:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
-        else:
-            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, num_outputs))
+    def __init__(self, *, features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], attributes: tuple[str, ...],
+                 hidden: int, dropout: float, lr: float, weight_decay: float, epochs: int, batch_size: int, seed: int,
+                 f1_threshold: float, extra: Callable[[dict], dict]) -> None:
+        """``features`` / ``labels``: {"train", "val", "test"} -> (N, D) / (N, A) on one device; ``extra(test
+        report)`` adds the stage's own results (comparison with raw, the utility model) to the selected probe's."""
+        train_x, train_y = features["train"], labels["train"]
+        self.spec = {"in_dim": int(train_x.shape[1]), "num_outputs": int(train_y.shape[1]), "hidden": hidden, "dropout": dropout}
+        self.probe = MLPProbe(**self.spec).to(train_x.device)
+        self.probe.set_normalisation(train_x)
+        self.optimizer = torch.optim.Adam(self.probe.parameters(), lr=lr, weight_decay=weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.train_x, self.train_y, self.features = train_x, train_y, features
+        self.labels = {k: v.cpu().numpy() for k, v in labels.items()}
+        self.attributes, self.batch_size, self.epochs, self.f1_threshold, self.extra = attributes, batch_size, epochs, f1_threshold, extra
+        self.selection = Selection("cmap", "max", "max validation cMAP over probe epochs (validation carved from train; test never used)")
 
-    def set_normalisation(self, features: torch.Tensor) -> None:
-        self.mean.copy_(features.mean(dim=0))
-        # Constant feature dimensions (dead units) would divide by zero.
-        self.std.copy_(features.std(dim=0).clamp_min(1e-6))
+    def models(self) -> dict[str, StoredModel]:
+        return {"probe": StoredModel("probe", self.spec, self.probe)}
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.mean) / self.std)
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"probe": self.optimizer}
 
+    def task_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
 
-def train_probe(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
-    *,
-    attributes: tuple[str, ...],
-    hidden: int,
-    dropout: float,
-    lr: float,
-    weight_decay: float,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-) -> tuple[MLPProbe, dict]:
-    """Train the probe with BCE-with-logits and Adam; keep the epoch of best validation cMAP.
+    def load_task_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
-    Features (N, D) float32, labels (N, A) float32, all on one device. Returns the probe
-    with the selected weights and {"epoch", "val_cmap", "history": [val cMAP per epoch]}.
-    """
-    probe = MLPProbe(train_x.shape[1], train_y.shape[1], hidden=hidden, dropout=dropout).to(train_x.device)
-    probe.set_normalisation(train_x)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    best_state, best_cmap, best_epoch, history = None, -1.0, 0, []
-    n = train_x.shape[0]
-    for epoch in range(epochs):
-        probe.train()
-        order = torch.randperm(n, generator=generator).to(train_x.device)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            if idx.numel() < 2:
-                continue
-            loss = F.binary_cross_entropy_with_logits(probe(train_x[idx]), train_y[idx])
-            check_finite(epoch, {"probe_bce": loss})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        probe.eval()
-        with torch.inference_mode():
-            val_logits = probe(val_x).double().cpu().numpy()
-        value = cmap(val_y.cpu().numpy(), val_logits, attribute_names=attributes).cmap
-        history.append(value)
-        if value > best_cmap:
-            best_cmap, best_epoch, best_state = value, epoch + 1, copy.deepcopy(probe.state_dict())
-    assert best_state is not None
-    probe.load_state_dict(best_state)
-    probe.eval()
-    return probe, {"epoch": best_epoch, "val_cmap": best_cmap, "history": history}
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        self.probe.train()
+        order = torch.randperm(self.train_x.shape[0], generator=self.generator).to(self.train_x.device)
+        chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [idx for idx in chunks if idx.numel() >= 2]
+
+    def train_step(self, idx: torch.Tensor, stepper: Stepper) -> dict[str, float]:
+        loss = F.binary_cross_entropy_with_logits(self.probe(self.train_x[idx]), self.train_y[idx])
+        return stepper.update({"loss": loss}, self.optimizer)
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        return {"cmap": cmap(self.labels["val"], probe_logits(self.probe, self.features["val"]), attribute_names=self.attributes).cmap}
+
+    def report(self, split: str) -> dict:
+        from privacy_training.target import score_split
+
+        return score_split(probe_logits(self.probe, self.features[split]), self.labels[split], attributes=self.attributes,
+                           f1_threshold=self.f1_threshold)
+
+    def finish(self, selected: dict) -> dict:
+        test = self.report("test")
+        return {**self.extra(test), "validation": self.report("val"), "test": test,
+                "probe": {**self.spec, "epochs": self.epochs, "parameters": sum(p.numel() for p in self.probe.parameters())}}
 
 
 @torch.inference_mode()

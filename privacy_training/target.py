@@ -1,4 +1,4 @@
-"""The target model fB' on cached anonymized images: augmentation, epochs, scoring, schedule.
+"""The target model fB' on cached anonymized images: augmentation, the training task, scoring.
 
 Images arrive as uint8 (N, 3, R, R) tensors (the cache); a batch is gathered by index,
 converted to float in [0, 1] and augmented on the fly with one ``grid_sample`` for the
@@ -8,16 +8,17 @@ and a horizontal flip), so augmentation costs one kernel and never re-reads file
 
 from __future__ import annotations
 
-import time
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aux_code.fit import Selection, Stepper, StoredModel, Task
 from aux_code.metrics import CMAPResult, cmap, macro_f1
-from aux_code.training import check_finite
-from privacy_training.data import to_float
+from aux_code.schedule import Schedule
+from privacy_training.data import PrivacyDataError, to_float
 
 
 def augment_batch(
@@ -46,104 +47,77 @@ def augment_batch(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def warmup_lr(epoch: int, *, lr: float, warmup_epochs: int) -> float:
-    """Linear warm-up from lr / 10 (epoch 0) to lr (epoch warmup_epochs and after)."""
-    if warmup_epochs <= 0 or epoch >= warmup_epochs:
-        return lr
-    return lr * (0.1 + 0.9 * epoch / warmup_epochs)
+class TargetTask(Task):
+    """The target model fB' trained on cached anonymized images (BCE-with-logits, Adam, the schedule),
+    selected on validation cMAP. ``train`` holds uint8 images (N, 3, R, R) and labels (N, A) on the device.
 
-
-class PlateauSchedule:
-    """Warm-up, then multiply the learning rate by ``factor`` after ``patience`` evaluations
-    without a new best validation cMAP (ties do not count as improvement), floored at ``min_lr``.
-
-    Plain state (``state_dict``) so a resumed run continues the same schedule.
+    Each epoch is a fresh shuffle by the task's own generator (which also draws the augmentations);
+    a last batch of one image is dropped (BatchNorm needs two).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, lr: float, warmup_epochs: int, factor: float, patience: int, min_lr: float):
-        self.optimizer = optimizer
-        self.base_lr = lr
-        self.warmup_epochs = warmup_epochs
-        self.factor = factor
-        self.patience = patience
-        self.min_lr = min_lr
-        self.current = warmup_lr(0, lr=lr, warmup_epochs=warmup_epochs)
-        self.best: float | None = None
-        self.bad = 0
-        self.drops = 0
-        self._apply()
+    name = "target"
 
-    def _apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.current
+    def __init__(self, model: nn.Module, spec: dict, *, images: torch.Tensor, labels: torch.Tensor,
+                 val: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray], attributes: tuple[str, ...],
+                 cache_key: str, cfg, device: torch.device, extra: Callable[[dict], dict]) -> None:
+        """``val`` / ``test``: (uint8 images, labels); ``extra(test report)`` adds the stage's own results
+        (comparison with raw, leakage) to the selected model's reports."""
+        o = cfg.optim
+        self.model, self.spec, self.device = model, spec, device
+        self.images, self.labels, self.val, self.test, self.extra = images, labels, val, test, extra
+        self.attributes, self.cache_key = attributes, cache_key
+        self.batch_size, self.eval_batch, self.f1_threshold = o.batch_size, cfg.eval.batch_size, cfg.eval.f1_threshold
+        self.min_crop_scale, self.flip = cfg.augment.min_crop_scale, cfg.augment.flip
+        self.epochs, self.eval_every = o.epochs, cfg.eval.every
+        self.selection = Selection("cmap", "max", "max validation cMAP over evaluated epochs (validation carved from train; test never used)")
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.schedule = Schedule(cfg.schedule, lr=o.lr, optimizers=[self.optimizer], mode="max")
+        self.generator = torch.Generator().manual_seed(cfg.run.seed)
 
-    def start_epoch(self, epoch: int) -> float:
-        """Set the learning rate for 0-based ``epoch``; returns it."""
-        if epoch < self.warmup_epochs:
-            self.current = warmup_lr(epoch, lr=self.base_lr, warmup_epochs=self.warmup_epochs)
-        elif self.drops == 0:
-            self.current = self.base_lr
-        self._apply()
-        return self.current
+    def models(self) -> dict[str, StoredModel]:
+        return {"target": StoredModel("target", self.spec, self.model)}
 
-    def observe(self, metric: float, epoch: int) -> None:
-        """Record a validation value; warm-up epochs only set the reference."""
-        if self.best is None or metric > self.best:
-            self.best, self.bad = metric, 0
-            return
-        if epoch < self.warmup_epochs:
-            return
-        self.bad += 1
-        if self.bad > self.patience:
-            self.current = max(self.current * self.factor, self.min_lr)
-            self.drops += 1
-            self.bad = 0
-            self._apply()
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"target": self.optimizer}
 
-    def state_dict(self) -> dict:
-        return {"current": self.current, "best": self.best, "bad": self.bad, "drops": self.drops}
+    def task_state(self) -> dict:
+        return {"generator": self.generator.get_state(), "cache_key": self.cache_key}
 
-    def load_state_dict(self, d: dict) -> None:
-        self.current, self.best, self.bad, self.drops = d["current"], d["best"], d["bad"], d["drops"]
-        self._apply()
+    def load_task_state(self, state: dict) -> None:
+        if state.get("cache_key") != self.cache_key:
+            raise PrivacyDataError(
+                f"the resume checkpoint was trained on other images (cache key {state.get('cache_key')} vs "
+                f"{self.cache_key}: anonymizer, resolution or dataset changed); use a new run.name or run.resume=false"
+            )
+        self.generator.set_state(state["generator"])
 
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        self.model.train()
+        n = self.images.shape[0]
+        order = torch.randperm(n, generator=self.generator)
+        batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches = batches[:-1]
+        return batches
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    batch_size: int,
-    min_crop_scale: float,
-    flip: bool,
-    generator: torch.Generator,
-    epoch: int,
-) -> dict[str, float]:
-    """One pass over the uint8 images (N, 3, R, R) and labels (N, A), both already on the model's device.
+    def train_step(self, idx: torch.Tensor, stepper: Stepper) -> dict[str, float]:
+        idx = idx.to(self.device)
+        x = augment_batch(to_float(self.images[idx]), min_crop_scale=self.min_crop_scale, flip=self.flip, generator=self.generator)
+        loss = F.binary_cross_entropy_with_logits(self.model(x), self.labels[idx])
+        return stepper.update({"loss": loss}, self.optimizer)
 
-    Shuffled with ``generator``; a last batch of one image is dropped (BatchNorm needs two).
-    Returns the mean BCE loss, the step count and the wall time.
-    """
-    start = time.perf_counter()
-    model.train()
-    n = images.shape[0]
-    order = torch.randperm(n, generator=generator)
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches = batches[:-1]
-    total = torch.zeros((), device=images.device)
-    for step, idx in enumerate(batches):
-        idx = idx.to(images.device)
-        x = augment_batch(to_float(images[idx]), min_crop_scale=min_crop_scale, flip=flip, generator=generator)
-        logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
-        check_finite(epoch * len(batches) + step + 1, {"bce": loss})
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach()
-    return {"loss": float(total) / len(batches), "steps": len(batches), "epoch_time_s": time.perf_counter() - start}
+    def report(self, images: torch.Tensor, labels: np.ndarray) -> dict:
+        """score_split of the current model on uint8 images (N, 3, R, R)."""
+        logits = predict_logits(self.model, images, batch_size=self.eval_batch, device=self.device)
+        return score_split(logits, labels, attributes=self.attributes, f1_threshold=self.f1_threshold)
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        return {"cmap": self.report(*self.val)["cmap"]}
+
+    def finish(self, selected: dict) -> dict:
+        test = self.report(*self.test)
+        return {**self.extra(test), "validation": self.report(*self.val), "test": test,
+                "model": {**self.spec, "parameters": sum(p.numel() for p in self.model.parameters())}}
 
 
 @torch.inference_mode()

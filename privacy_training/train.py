@@ -28,31 +28,23 @@ import torch
 from einops import rearrange
 
 from aux_code.anonymizers import FrameAnonymizer, build_frame_anonymizer
-from aux_code.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
-from aux_code.config import config_hash, resolve_under, to_dict
+from aux_code.config import experiment_hash, resolve_under
+from aux_code.fit import fit
 from aux_code.datasets.vispr import VISPR
 from aux_code.models import build_target, build_utility
 from aux_code.models.mgfn import count_parameters
-from aux_code.models.stored import load_stored_model, pack_model
-from aux_code.training import BEST, LAST, RunContext, plain_config, start_run
+from aux_code.models.stored import load_stored_model
+from aux_code.precision import Precision
+from aux_code.training import RunContext, start_run
 from aux_code.transforms import ClipEval, to_float_image
 from privacy_training.config import PrivacyConfig
 from privacy_training.data import PrivacyData, PrivacyDataError, load_privacy_data, to_uint8
 from privacy_training.leakage import count_faces, face_summary, similarity_summary
-from privacy_training.probe import extract_features, probe_logits, train_probe
-from privacy_training.report import CompareError, anonymizer_label, privacy_reduction, read_reference_cmap, write_results
-from privacy_training.target import PlateauSchedule, predict_logits, score_split, train_epoch
+from privacy_training.probe import ProbeTask, extract_features
+from privacy_training.report import CompareError, anonymizer_label, privacy_reduction, read_reference_cmap
+from privacy_training.target import TargetTask
 
 STAGE = "privacy"
-PROBE_FILE = "probe.pt"
-
-
-def experiment_hash(cfg: PrivacyConfig) -> str:
-    """Hash of what decides the numbers: every section but paths and the run plumbing."""
-    d = to_dict(cfg)
-    d.pop("paths")
-    d["run"] = {"seed": cfg.run.seed, "deterministic": cfg.run.deterministic}
-    return config_hash(d)
 
 
 def _log(msg: str) -> None:
@@ -150,104 +142,25 @@ def _build_target_model(cfg: PrivacyConfig, num_classes: int) -> tuple[torch.nn.
 
 def _run_target(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, dataset: VISPR, data: PrivacyData) -> dict:
     device = ctx.device
-    attributes = dataset.attributes
     train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
-    model, spec = _build_target_model(cfg, len(attributes))
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    schedule = PlateauSchedule(
-        optimizer, lr=cfg.optim.lr, warmup_epochs=cfg.optim.warmup_epochs, factor=cfg.optim.plateau_factor,
-        patience=cfg.optim.plateau_patience, min_lr=cfg.optim.min_lr,
-    )
-    generator = torch.Generator().manual_seed(cfg.run.seed)
-    start_epoch, epoch_times = 0, []
-    state = ctx.resume_or(None)
-    if state is not None:
-        if state.get("cache_key") != data.key:
-            raise PrivacyDataError(
-                f"{ctx.run_dir / LAST} was trained on other images (cache key {state.get('cache_key')} vs {data.key}: "
-                "anonymizer, resolution or dataset changed); use a new run.name or run.resume=false"
-            )
-        load_state_dict_strict(model, state["models"]["target"]["state_dict"], source=f"resume checkpoint {ctx.run_dir / LAST}")
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        start_epoch, epoch_times = int(state["epoch"]), list(state.get("epoch_times", []))
-        _log(f"[privacy] resuming {ctx.run_dir} after epoch {start_epoch}/{cfg.optim.epochs}")
+    model, spec = _build_target_model(cfg, len(dataset.attributes))
+
+    def extra(test_report: dict) -> dict:
+        reduction, compared = _comparison(cfg, test_report["cmap"])
+        ctx.logger.log(0, {"test_cmap": test_report["cmap"], "test_macro_f1": test_report["macro_f1"]}, phase="test")
+        return {**_common_results(cfg, ctx, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
+                "init": cfg.model.weights or "scratch", "leakage": _leakage(cfg, fa, test) if cfg.leakage.enabled else None}
 
     # The cache is small (uint8): move it once so a step is a gather on the device.
-    train_x, train_y = train.images.to(device), train.labels.to(device)
-    val_y = val.labels.numpy()
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        lr = schedule.start_epoch(epoch)
-        stats = train_epoch(
-            model, optimizer, train_x, train_y, batch_size=cfg.optim.batch_size, min_crop_scale=cfg.augment.min_crop_scale,
-            flip=cfg.augment.flip, generator=generator, epoch=epoch,
-        )
-        epoch_times.append(stats["epoch_time_s"])
-        done = epoch + 1
-        metric = None
-        if done % cfg.eval.every == 0 or done == cfg.optim.epochs:
-            val_logits = predict_logits(model, val.images, batch_size=cfg.eval.batch_size, device=device)
-            metric = score_split(val_logits, val_y, attributes=attributes, f1_threshold=cfg.eval.f1_threshold)["cmap"]
-            schedule.observe(metric, epoch)
-            ctx.logger.log(done, {"val_cmap": metric}, phase="val")
-        ctx.logger.log(done, {**stats, "lr": lr}, phase="epoch")
-        ctx.save(
-            {
-                "models": {"target": pack_model("target", spec, model)},
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "generator": generator.get_state(),
-                "cache_key": data.key,
-                "epoch_times": epoch_times,
-                "config": plain_config(cfg),
-            },
-            epoch=done,
-            metric=metric,
-        )
-        _log(f"[privacy] epoch {done}/{cfg.optim.epochs} loss {stats['loss']:.4f} lr {lr:.2e} "
-             f"({stats['epoch_time_s']:.2f} s)" + ("" if metric is None else f" val cMAP {100 * metric:.2f}"))
-
-    best = load_checkpoint(ctx.run_dir / BEST, what="selected checkpoint")
-    load_state_dict_strict(model, best["models"]["target"]["state_dict"], source=f"selected checkpoint {ctx.run_dir / BEST}")
-    selected_epoch = int(best["epoch"])
-    val_report = score_split(
-        predict_logits(model, val.images, batch_size=cfg.eval.batch_size, device=device), val_y,
-        attributes=attributes, f1_threshold=cfg.eval.f1_threshold,
-    )
-    test_report = score_split(
-        predict_logits(model, test.images, batch_size=cfg.eval.batch_size, device=device), test.labels.numpy(),
-        attributes=attributes, f1_threshold=cfg.eval.f1_threshold,
-    )
-    reduction, compared = _comparison(cfg, test_report["cmap"])
-    results = _common_results(cfg, ctx, fa, data)
-    results.update(
-        selection={
-            "metric": "val_cmap",
-            "value": ctx.best.best,
-            "epoch": selected_epoch,
-            "checkpoint": BEST,
-            "rule": "max validation cMAP over evaluated epochs (validation carved from train; test never used)",
-        },
-        validation=val_report,
-        test=test_report,
-        privacy_reduction_pct=reduction,
-        compare_to=compared,
-        epochs=cfg.optim.epochs,
-        timing={
-            "mean_epoch_s": float(np.mean(epoch_times)) if epoch_times else None,
-            "train_time_s": float(np.sum(epoch_times)),
-        },
-        model={**spec, "parameters": count_parameters(model), "init": cfg.model.weights or "scratch"},
-        leakage=_leakage(cfg, fa, test) if cfg.leakage.enabled else None,
-    )
-    if ctx.dist.is_main:
-        write_results(ctx.run_dir, results)
-        ctx.logger.log(selected_epoch, {"test_cmap": test_report["cmap"], "test_macro_f1": test_report["macro_f1"]}, phase="test")
-    extra = "" if reduction is None else f", privacy reduction {reduction:.2f}% vs {compared['raw_cmap'] * 100:.2f}"
+    task = TargetTask(model.to(device), spec, images=train.images.to(device), labels=train.labels.to(device),
+                      val=(val.images, val.labels.numpy()), test=(test.images, test.labels.numpy()),
+                      attributes=dataset.attributes, cache_key=data.key, cfg=cfg, device=device, extra=extra)
+    results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device), log_every=cfg.run.log_every)
+    reduction = results["privacy_reduction_pct"]
+    shown = "" if reduction is None else f", privacy reduction {reduction:.2f}% vs {results['compare_to']['raw_cmap'] * 100:.2f}"
+    test_report = results["test"]
     _log(f"[privacy] test cMAP {100 * test_report['cmap']:.2f} (chance {100 * test_report['chance_cmap']:.2f}), "
-         f"macro F1 {100 * test_report['macro_f1']:.2f}, epoch {selected_epoch} selected on val{extra}; "
+         f"macro F1 {100 * test_report['macro_f1']:.2f}, epoch {results['selection']['epoch']} selected on val{shown}; "
          f"results in {ctx.run_dir / 'results.json'}")
     return results
 
@@ -337,54 +250,25 @@ def _run_probe(
     cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, dataset: VISPR, data: PrivacyData, utility: torch.nn.Module
 ) -> dict:
     device, p = ctx.device, cfg.probe
-    attributes = dataset.attributes
     t0 = time.perf_counter()
     feats = {
         name: extract_features(utility, split.images, clip_length=p.clip_length, batch_size=p.feature_batch, device=device).to(device)
         for name, split in data.splits.items()
     }
     feature_time = time.perf_counter() - t0
-    labels = {name: split.labels.to(device) for name, split in data.splits.items()}
-    t1 = time.perf_counter()
-    probe, selection = train_probe(
-        feats["train"], labels["train"], feats["val"], labels["val"], attributes=attributes, hidden=p.hidden,
-        dropout=p.dropout, lr=p.lr, weight_decay=p.weight_decay, epochs=p.epochs, batch_size=p.batch_size,
-        generator=torch.Generator().manual_seed(cfg.run.seed),
-    )
-    probe_time = time.perf_counter() - t1
-    test_report = score_split(probe_logits(probe, feats["test"]), data.splits["test"].labels.numpy(), attributes=attributes, f1_threshold=cfg.eval.f1_threshold)
-    val_report = score_split(probe_logits(probe, feats["val"]), data.splits["val"].labels.numpy(), attributes=attributes, f1_threshold=cfg.eval.f1_threshold)
-    reduction, compared = _comparison(cfg, test_report["cmap"])
-    if ctx.dist.is_main:
-        save_checkpoint({"probe": probe.state_dict(), "selection": selection, "config": plain_config(cfg)}, ctx.run_dir / PROBE_FILE)
-        for i, value in enumerate(selection["history"]):
-            ctx.logger.log(i + 1, {"val_cmap": value}, phase="probe_val")
-    results = _common_results(cfg, ctx, fa, data)
-    results.update(
-        selection={
-            "metric": "val_cmap",
-            "value": selection["val_cmap"],
-            "epoch": selection["epoch"],
-            "checkpoint": PROBE_FILE,
-            "rule": "max validation cMAP over probe epochs (validation carved from train; test never used)",
-        },
-        validation=val_report,
-        test=test_report,
-        privacy_reduction_pct=reduction,
-        compare_to=compared,
-        utility={
-            "source": p.checkpoint or p.weights,
-            "model_key": p.model_key if p.checkpoint else None,
-            "feature_dim": int(feats["train"].shape[1]),
-            "clip_length": p.clip_length,
-            "parameters": count_parameters(utility),
-        },
-        probe={"hidden": p.hidden, "epochs": p.epochs, "parameters": count_parameters(probe)},
-        timing={"feature_time_s": round(feature_time, 3), "probe_time_s": round(probe_time, 3)},
-        leakage=None,
-    )
-    if ctx.dist.is_main:
-        write_results(ctx.run_dir, results)
-    _log(f"[privacy] probe test cMAP {100 * test_report['cmap']:.2f} (chance {100 * test_report['chance_cmap']:.2f}) on "
+
+    def extra(test_report: dict) -> dict:
+        reduction, compared = _comparison(cfg, test_report["cmap"])
+        utility_info = {"source": p.checkpoint or p.weights, "model_key": p.model_key if p.checkpoint else None,
+                        "feature_dim": int(feats["train"].shape[1]), "clip_length": p.clip_length,
+                        "parameters": count_parameters(utility), "feature_time_s": round(feature_time, 3)}
+        return {**_common_results(cfg, ctx, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
+                "utility": utility_info, "leakage": None}
+
+    task = ProbeTask(features=feats, labels={name: split.labels.to(device) for name, split in data.splits.items()},
+                     attributes=dataset.attributes, hidden=p.hidden, dropout=p.dropout, lr=p.lr, weight_decay=p.weight_decay,
+                     epochs=p.epochs, batch_size=p.batch_size, seed=cfg.run.seed, f1_threshold=cfg.eval.f1_threshold, extra=extra)
+    results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device))
+    _log(f"[privacy] probe test cMAP {100 * results['test']['cmap']:.2f} (chance {100 * results['test']['chance_cmap']:.2f}) on "
          f"{results['utility']['feature_dim']}-d features of {p.checkpoint or p.weights}; results in {ctx.run_dir / 'results.json'}")
     return results

@@ -2,7 +2,7 @@
 
 A stage checkpoint stores each of its models under ``ckpt["models"][key]`` as::
 
-    {"kind": "anonymizer" | "utility" | "budget" | "target" | "embedding",
+    {"kind": "anonymizer" | "utility" | "budget" | "target" | "embedding" | "probe" | "mgfn" | ...,
      "spec": {...keyword arguments of the registry builder, e.g. name, width, num_classes, stem},
      "state_dict": {...}}
 
@@ -19,6 +19,9 @@ from torch import nn
 
 from aux_code.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from aux_code.models import registry
+from aux_code.models.heads import MLPProbe
+from aux_code.models.luss_ae import build_luss_ae
+from aux_code.models.mgfn import build_mgfn
 
 _BUILDERS = {
     "anonymizer": registry.build_anonymizer,
@@ -26,12 +29,12 @@ _BUILDERS = {
     "budget": registry.build_budget,
     "target": registry.build_target,
     "embedding": registry.build_embedding_head,
+    "probe": MLPProbe,
+    "mgfn": build_mgfn,
+    "dpae_encoder": registry.build_dpae_encoder,  # the camera side
+    "dpae_decoder": registry.build_dpae_decoder,  # the server side
+    "luss_ae": build_luss_ae,
 }
-_BUILDERS["dpae_encoder"] = registry.build_dpae_encoder  # issue 16: the camera side
-_BUILDERS["dpae_decoder"] = registry.build_dpae_decoder  # issue 16: the server side
-
-from aux_code.models.luss_ae import build_luss_ae  # noqa: E402  (issue 17)
-_BUILDERS["luss_ae"] = build_luss_ae
 
 
 def pack_model(kind: str, spec: Mapping[str, Any], model: nn.Module) -> dict:

@@ -41,41 +41,11 @@ from aux_code.models import build_anonymizer, build_budget, build_embedding_head
 from aux_code.models.stored import load_stored_model
 from aux_code.training import NonFiniteLossError
 
-CONFIGS = PROJECT_ROOT / "configs" / "synthetic" / "anonymization"
-SIZE = 32
-# Tiny and quick: 1 epoch of 2 steps, small batches, per-video validation carve (the tiny world has
-# one train group per class).
-FAST = [
-    "data.action_val_by=video", "data.action_val_fraction=0.5", "data.privacy_val_fraction=0.25",
-    f"data.size={SIZE}", "model.anonymizer=unet_tiny", "model.anonymizer_width=null", "optim.epochs=1",
-    "optim.steps_per_epoch=2", "optim.batch_size=2", "optim.image_batch_size=4", "eval.budget_batch=6", "eval.grid_images=3", "run.log_every=1",
-]
+from tests.tiny import ANONYMIZATION_CONFIGS as CONFIGS, ANONYMIZATION_FAST as FAST, ANONYMIZATION_SIZE as SIZE
+from tests.tiny import anonymization_paths as paths_args
 
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory) -> Path:
-    from aux_code.synthetic import generate_world
-
-    out = tmp_path_factory.mktemp("anon_world")
-    generate_world(out, size="tiny", seed=0, preview=False, log=None)
-    return out
-
-
-def paths_args(world: Path, runs: Path) -> list[str]:
-    return [f"paths.ucf101={world / 'UCF101'}", f"paths.vispr={world / 'VISPR'}", f"paths.runs={runs}"]
-
-
-@pytest.fixture(scope="session")
-def init_runs(tiny_world, tmp_path_factory) -> Path:
-    """The three init runs (utility, identity, budget) of the tiny world, made once."""
-    runs = tmp_path_factory.mktemp("anon_runs")
-    for name in ("utility_pretrain", "identity", "budget_ssl"):
-        rc = main(["--config", str(CONFIGS / f"{name}.yaml"), *paths_args(tiny_world, runs), *FAST])
-        assert rc == 0, name
-    return runs
+# The fixtures tiny_world (one world per session) and init_runs (the three init runs with FAST:
+# 1 epoch of 2 steps) come from tests/conftest.py.
 
 
 def tiny_models(num_classes: int = 3) -> MinimaxModels:

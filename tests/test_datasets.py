@@ -27,16 +27,15 @@ from aux_code.datasets import (
     read_person_boxes,
     runs_of_ones,
 )
-from aux_code.synthetic import PRESETS, generate_world, plan_world
+from aux_code.synthetic import PRESETS, plan_world
 
 TINY = PRESETS["tiny"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, size="tiny", seed=0, workers=1, preview=False, log=None)
-    return out
+def world(tiny_world) -> Path:
+    """The session's tiny world (tests/conftest.py), read only: tests that break files use _copy."""
+    return tiny_world
 
 
 @pytest.fixture(scope="module")

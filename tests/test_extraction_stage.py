@@ -50,12 +50,9 @@ FAST = ["clips.resolution=32", "extract.batch_size=4", "extract.prefetch=2"]
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    from aux_code.synthetic import generate_world
-
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, size="tiny", seed=3, preview=False, log=None)
-    return out
+def world(tiny_world) -> Path:
+    """The session's tiny world (tests/conftest.py), read only: a test that breaks videos copies them."""
+    return tiny_world
 
 
 def make_checkpoints(runs: Path) -> None:

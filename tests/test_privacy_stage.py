@@ -30,14 +30,11 @@ PROBE_FAST = ["data.resolution=32", "probe.clip_length=8", "probe.epochs=5", "pr
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A tiny generated world, a paths file whose runs root is in the tmp dir, and a fake stage-1 checkpoint."""
-    from aux_code.synthetic import generate_world
-
+def world(make_paths, tmp_path_factory):
+    """This module's root: a paths file (datasets: the session's tiny world; runs in the tmp dir)
+    and a fake stage-1 checkpoint."""
     root = tmp_path_factory.mktemp("privacy")
-    generate_world(root / "world", size="tiny", seed=0, preview=False, log=None)
-    paths = root / "paths.yaml"
-    paths.write_text(f"vispr: {root / 'world' / 'VISPR'}\nruns: {root / 'runs'}\nweights: {root / 'weights'}\n")
+    make_paths(root)
     torch.manual_seed(0)
     utility = build_utility(name="i3d_r50_tiny", num_classes=4)
     anonymizer = build_anonymizer(name="unet_tiny")
@@ -166,8 +163,8 @@ def test_cache_key_depends_on_anonymizer_resolution_and_content():
     assert base != cache_key({"method": "raw"}, resolution=64, crop_scale=1.0, fingerprints={"train": "a", "val": "b", "test": "x"})[0]
 
 
-def test_validation_split_disjoint_from_test_and_train(world):
-    vispr = VISPR(world / "world" / "VISPR", val_fraction=0.25, val_seed=0)
+def test_validation_split_disjoint_from_test_and_train(tiny_world):
+    vispr = VISPR(tiny_world / "VISPR", val_fraction=0.25, val_seed=0)
     train = {i.image_id for i in vispr.items("train")}
     val = {i.image_id for i in vispr.items("val")}
     test = {i.image_id for i in vispr.items("test")}
@@ -246,9 +243,9 @@ def test_cli_raw_baseline_probe_and_cache(paths_env, capsys):
     assert "holds no model 'utility'" in err and "anon_only.pt" in err and "probe.checkpoint" in err
 
 
-def test_wrong_attribute_count_is_a_clear_error(world, tmp_path, monkeypatch, capsys):
+def test_wrong_attribute_count_is_a_clear_error(tiny_world, tmp_path, monkeypatch, capsys):
     vispr = tmp_path / "VISPR"
-    shutil.copytree(world / "world" / "VISPR", vispr)
+    shutil.copytree(tiny_world / "VISPR", vispr)
     labels = pickle.loads((vispr / "train_labels.pkl").read_bytes())
     first = sorted(labels)[0]
     labels[first] = list(labels[first])[:6]
@@ -261,9 +258,9 @@ def test_wrong_attribute_count_is_a_clear_error(world, tmp_path, monkeypatch, ca
     assert first in err and "expected 7" in err
 
 
-def test_undecodable_image_is_skipped_and_counted(world, tmp_path, monkeypatch, capsys):
+def test_undecodable_image_is_skipped_and_counted(tiny_world, tmp_path, monkeypatch, capsys):
     vispr = tmp_path / "VISPR"
-    shutil.copytree(world / "world" / "VISPR", vispr)
+    shutil.copytree(tiny_world / "VISPR", vispr)
     victim = sorted((vispr / "test2017").glob("*.jpg"))[0]
     victim.write_bytes(b"\xff\xd8 truncated")
     paths = tmp_path / "paths.yaml"

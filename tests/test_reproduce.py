@@ -15,31 +15,10 @@ CONFIG = "configs/synthetic/reproduce/default.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny_paths(tmp_path_factory):
-    """A tiny world and a paths file pointing every root at it (runs/results in the tmp dir)."""
-    from aux_code.synthetic import generate_world
-
-    root = tmp_path_factory.mktemp("reproduce")
-    world = root / "world"
-    generate_world(world, size="tiny", seed=0)
-    paths = root / "paths.yaml"
-    paths.write_text(
-        "\n".join(
-            [
-                f"ucf101: {world / 'UCF101'}",
-                f"vispr: {world / 'VISPR'}",
-                f"ucf_crime: {world / 'UCF_Crime'}",
-                f"xd_violence: {world / 'XD_Violence'}",
-                f"shanghaitech: {world / 'ShanghaiTech'}",
-                f"synthetic: {world}",
-                f"weights: {root / 'weights'}",
-                f"runs: {root / 'runs'}",
-                f"results: {root / 'results'}",
-            ]
-        )
-        + "\n"
-    )
-    return paths
+def tiny_paths(make_paths, tmp_path_factory):
+    """A paths file pointing every dataset root at the session's tiny world, with runs / results
+    in this module's tmp dir (shared by its tests, as the reproduce script shares them)."""
+    return make_paths(tmp_path_factory.mktemp("reproduce"))
 
 
 def _cfg(overrides=()):
@@ -165,3 +144,68 @@ def test_end_to_end_on_a_tiny_world(tiny_paths, monkeypatch):
     tables = (out / "tables.md").read_text()
     assert "Table 1" in tables and "Privacy-utility trade-off" in tables
     assert (out / "tradeoff.png").stat().st_size > 1000
+    _check_wiring(tiny_paths.parent / "runs", summary, tables)
+
+
+def _check_wiring(runs: Path, summary: dict, tables: str) -> None:
+    """Each figure comes from the run it names, and each run read the models of its method.
+
+    A step key ``<stage>/<name>`` is the run directory ``<paths.runs>/<stage>/<name>``; the
+    expected names are the plan's (test_plan_runs_each_shared_step_once_in_dependency_order)."""
+    import numpy as np
+    import yaml
+
+    from aux_code.checkpoint import file_digest
+    from aux_code.features import read_manifest
+
+    def results(key: str) -> dict:
+        return json.loads((runs / key / "results.json").read_text())
+
+    tedspad_ckpt, utility_ckpt = "anonymization/tedspad/best.pt", "anonymization/utility/best.pt"
+    tedspad_digest = file_digest(runs / tedspad_ckpt)
+    assert tedspad_digest != file_digest(runs / "anonymization/identity/best.pt")
+
+    # Stage 2: TeD-SPAD's images went through its trained fA, raw's through none.
+    anonymizer = results("privacy/tedspad")["anonymizer"]
+    assert (anonymizer["method"], anonymizer["checkpoint"], anonymizer["digest"]) == ("unet", tedspad_ckpt, tedspad_digest)
+    assert results("privacy/raw")["anonymizer"]["method"] == "raw"
+    # Stage 3: TeD-SPAD's features are fT(fA(x)) with both models of its own minimax checkpoint.
+    ted, raw = read_manifest(runs / "extraction/ucf_crime-tedspad"), read_manifest(runs / "extraction/ucf_crime-raw")
+    assert (ted.anonymizer["method"], ted.anonymizer["checkpoint"], ted.anonymizer["digest"]) == ("unet", tedspad_ckpt, tedspad_digest)
+    assert ted.utility["checkpoint"] == tedspad_ckpt and ted.utility["checkpoint_sha"] == tedspad_digest
+    assert raw.anonymizer == {"method": "raw"}
+    assert raw.utility["checkpoint"] == utility_ckpt and raw.utility["checkpoint_sha"] == file_digest(runs / utility_ckpt)
+    assert ted.videos.keys() == raw.videos.keys() and len(ted.videos) == 8
+    for name in ted.videos:
+        a = np.load(runs / "extraction/ucf_crime-tedspad" / ted.videos[name].file)
+        b = np.load(runs / "extraction/ucf_crime-raw" / raw.videos[name].file)
+        assert a.shape == b.shape and not np.allclose(a, b, atol=1e-4), name
+
+    # Every row of the main table: the numbers of the privacy run and the MGFN runs it names,
+    # which read the features of the same method.
+    points = summary["points"]
+    raw_cmap, raw_auc = results("privacy/raw")["test"]["cmap"], None
+    for name, label in (("raw", "Raw (no anonymization)"), ("tedspad", "TeD-SPAD (CE + L_D)")):
+        point = points[name]
+        assert point["label"] == label and point["privacy_step"] == f"privacy/{name}"
+        assert point["anomaly_steps"] == [f"anomaly/ucf_crime-{name}-s0"]
+        config = yaml.safe_load((runs / point["anomaly_steps"][0] / "config.yaml").read_text())
+        assert config["data"]["features"] == f"extraction/ucf_crime-{name}"
+        cmap = results(point["privacy_step"])["test"]["cmap"]
+        aucs = [results(key)["test"]["headline"]["value"] for key in point["anomaly_steps"]]
+        auc = sum(aucs) / len(aucs)
+        raw_auc = auc if name == "raw" else raw_auc
+        reduction = -100.0 * (cmap - raw_cmap) / raw_cmap + 0.0
+        change = 100.0 * (auc - raw_auc) / raw_auc + 0.0
+        assert point["cmap"] == pytest.approx(cmap, abs=1e-12) and point["anomaly"] == pytest.approx(auc, abs=1e-12)
+        assert point["privacy_reduction_pct"] == pytest.approx(reduction) and point["anomaly_change_pct"] == pytest.approx(change)
+        row = (f"| {label} | {100 * cmap:.2f} | {reduction:+.2f} | {100 * auc:.2f} | {100 * min(aucs):.2f}-{100 * max(aucs):.2f} "
+               f"| {change:+.2f} |")
+        assert row in tables, (row, tables)
+    # Table 1: each probe's cMAP is its run's, and the TeD-SPAD probe read TeD-SPAD's fA.
+    assert {p["step"] for p in summary["probes"].values()} == {"privacy/probe-raw", "privacy/probe-tedspad"}
+    for label, probe in summary["probes"].items():
+        cmap = results(probe["step"])["test"]["cmap"]
+        assert probe["cmap"] == pytest.approx(cmap, abs=1e-12)
+        assert f"| {label} | {100 * cmap:.2f} |" in tables
+    assert results("privacy/probe-tedspad")["anonymizer"]["digest"] == tedspad_digest

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
+from aux_code.schedule import ScheduleSection
 
 # The headline frame-level metric each benchmark reports (REFERENCE.md section 1, step 5).
 DATASET_METRIC: dict[str, str] = {"ucf_crime": "auc", "shanghaitech": "auc", "xd_violence": "ap"}
@@ -88,11 +90,6 @@ class OptimSection:
         "Normal and abnormal videos per step and per process (16 + 16 in MGFN); capped at the smaller "
         "class size of this process's shard.",
     )
-    precision: Literal["fp32", "bf16"] = opt(
-        "fp32",
-        "MGFN forward in training and scoring: fp32, or bf16 autocast (CPU or GPU; the loss stays fp32). On a CPU "
-        "with AVX512-BF16 a paper-size step is about 1.5x faster at the same AUC (docs/benchmarks.md).",
-    )
 
 
 @dataclass
@@ -140,6 +137,12 @@ class AnomalyConfig:
     model: ModelSection = opt(ModelSection(), "MGFN.")
     loss: LossSection = opt(LossSection(), "MGFN loss.")
     optim: OptimSection = opt(OptimSection(), "Optimiser and epochs.")
+    schedule: ScheduleSection = opt(ScheduleSection(), "Learning-rate schedule of MGFN (the paper's: none, the default).")
+    precision: PrecisionMode = opt(
+        "fp32",
+        PRECISION_HELP + " MGFN's forward in training and scoring; the loss stays fp32. On a CPU with AVX512-BF16 "
+        "bf16 is about 1.5x faster per paper-size epoch at the same AUC (docs/benchmarks.md).",
+    )
     eval: EvalSection = opt(EvalSection(), "Evaluation and outputs.")
 
     def required_paths(self) -> list[str]:
@@ -168,6 +171,8 @@ class AnomalyConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.schedule.validate()
+        validate_precision(self.precision, self.run.device)
 
 
 def headline_metric(configured: str | None, dataset: str) -> str:

@@ -9,7 +9,6 @@ then concatenated over videos for ROC AUC, AP and the trapezoidal PR-AUC.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from anomaly_detection.data import AnomalyData, EvalVideo
 from aux_code.metrics import frame_auc, frame_metrics, robust_rescale, sigmoidal_anomaly_score, video_level_f1
+from aux_code.precision import Precision
 from aux_code.segments import append_magnitude, check_equal_length, expand_clip_scores, frame_ground_truth
 
 
@@ -31,15 +31,6 @@ class VideoScores:
     video: dict[str, float]
 
 
-def mgfn_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast of the MGFN forward (``optim.precision``), or nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision != "bf16":
-        raise ValueError(f"MGFN precision must be 'fp32' or 'bf16', got {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 @torch.inference_mode()
 def score_videos(
     model: nn.Module,
@@ -49,7 +40,7 @@ def score_videos(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
-    precision: str = "fp32",
+    precision: Precision | None = None,
 ) -> VideoScores:
     """Score each video on its full clip sequence (not resampled), one video per forward.
 
@@ -65,7 +56,7 @@ def score_videos(
         for v in videos[rank::world_size]:
             feats = torch.from_numpy(data.eval_features(v)).to(device)  # (S, crops, D)
             x = rearrange(append_magnitude(feats), "s n c -> 1 n s c")
-            with mgfn_autocast(precision, device):
+            with (precision or Precision("fp32", device)).autocast():
                 out = model(x)
             clip[v.name] = out.scores[0].double().cpu().numpy()
             video[v.name] = float(out.video_scores[0])

@@ -3,7 +3,6 @@
 - results.json: the selected epoch and its validation value, test frame metrics (ROC AUC,
   AP, trapezoidal PR-AUC, each labelled), online scores, counts, config and feature-set
   hashes;
-- results.md: one Markdown table row (columns in RESULTS_MD_HEADER);
 - test_scores.npz: every test video's clip scores and SAS stream (no pickled objects);
 - plots/<video>.png: per-frame score curves of a few test videos, anomalies shaded.
 """
@@ -18,43 +17,9 @@ import numpy as np
 
 from anomaly_detection.data import EvalVideo
 from anomaly_detection.evaluate import video_ground_truth
-from aux_code.checkpoint import atomic_write, atomic_write_json, atomic_write_text
+from aux_code.checkpoint import atomic_write
 from aux_code.metrics import robust_rescale
 from aux_code.segments import expand_clip_scores
-
-RESULTS_MD_HEADER = (
-    "| run | dataset | anonymizer | headline | ROC AUC | AP | PR-AUC (trapz) | SAS video F1 | selected epoch | val | config |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
-)
-
-
-def write_results(run_dir: Path, results: Mapping) -> None:
-    """results.json and its one-line Markdown row results.md."""
-    atomic_write_json(run_dir / "results.json", results)
-    atomic_write_text(run_dir / "results.md", results_md_row(results) + "\n")
-
-
-def results_md_row(results: Mapping) -> str:
-    """One table row in the columns of RESULTS_MD_HEADER (percentages, 2 decimals)."""
-    test = results["test"]
-    pct = lambda x: f"{100.0 * x:.2f}"  # noqa: E731
-    val = results["selection"]
-    val_text = f"{val['metric']} {pct(val['value'])}" if val["value"] is not None else "none (last epoch)"
-    cells = [
-        results["run"],
-        results["dataset"],
-        results["anonymizer"],
-        f"{test['headline']['metric']} {pct(test['headline']['value'])}",
-        pct(test["frame"]["roc_auc"]),
-        pct(test["frame"]["average_precision"]),
-        pct(test["frame"]["pr_auc_trapezoid"]),
-        pct(test["online"]["sas_video_f1"]),
-        str(val["epoch"]),
-        val_text,
-        results["config_hash"],
-    ]
-    return "| " + " | ".join(cells) + " |"
-
 
 def save_test_scores(
     path: Path,

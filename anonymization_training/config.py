@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
-from aux_code.precision import PRECISION_HELP, PrecisionMode
+from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
 from aux_code.schedule import ScheduleSection
 
 Task = Literal["utility_pretrain", "identity", "budget_ssl", "minimax"]
@@ -231,3 +231,4 @@ class AnonymizationConfig:
             if not ok:
                 raise ConfigError(message)
         self.schedule.validate()
+        validate_precision(self.precision, self.run.device)

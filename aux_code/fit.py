@@ -251,7 +251,9 @@ def fit(task: Task, ctx: RunContext, *, cfg: Any, stage: str, precision: Precisi
         ctx.logger.log(epoch + 1, record, phase="epoch")
         ctx.save(_checkpoint(task, stepper, history, cfg), epoch=epoch + 1, metric=value)
         if ctx.dist.is_main and value is not None:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("val_", "train_loss")))
+            own_score = type(task).score is not Task.score  # else val_selection_score repeats the metric
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("val_", "train_loss"))
+                              and (own_score or k != "val_selection_score"))
             print(f"[{stage}] {task.name} epoch {epoch + 1}/{task.epochs}: {shown}", flush=True)
     if ctx.dist.distributed:
         torch.distributed.barrier()  # rank 0 has written best.pt / last.pt before anyone reads them

@@ -24,6 +24,15 @@ PRECISION_HELP = (
 )
 
 
+def validate_precision(mode: str, device: str) -> None:
+    """Config-time check of ``precision`` against ``run.device`` (fp16 needs CUDA), before any work."""
+    if mode not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision = {mode!r} must be one of auto, fp32, bf16, fp16")
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if mode == "fp16" and not cuda:
+        raise ConfigError(f"precision = 'fp16' needs a CUDA device; run.device = {device!r} runs on the CPU (use fp32 or bf16)")
+
+
 class Precision:
     """Autocast context and gradient scalers for one ``precision`` mode on one device."""
 

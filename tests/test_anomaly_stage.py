@@ -250,8 +250,8 @@ def test_frame_level_validation(world):
     results = run(config("data.features=extraction/annotated", "optim.epochs=2", "eval.validation_metric=frame_auc", "run.name=fv"))
     selection = results["selection"]
     assert selection["metric"] == "val_frame_auc" and 0.5 < selection["value"] <= 1.0 and selection["checkpoint"] == "best.pt"
-    val = [r for r in read_metrics(world / "runs" / "anomaly" / "fv" / "metrics.jsonl") if r["phase"] == "val"]
-    assert [r["step"] for r in val] == [1, 2] and max(r["frame_auc"] for r in val) == selection["value"]
+    val = [r for r in read_metrics(world / "runs" / "anomaly" / "fv" / "metrics.jsonl") if r["phase"] == "epoch"]
+    assert [r["step"] for r in val] == [1, 2] and max(r["val_frame_auc"] for r in val) == selection["value"]
 
 
 def test_torchrun_two_processes(world):

@@ -144,6 +144,10 @@ class Task:
     def validate(self, epoch: int) -> dict[str, float]:
         raise NotImplementedError
 
+    def should_stop(self) -> bool:
+        """Early stopping: asked after each saved epoch (default: never; e.g. the DP autoencoder's patience)."""
+        return False
+
     def score(self, metrics: Mapping[str, float]) -> float:
         """The selection value of one validation (default: the selection metric)."""
         assert self.selection is not None
@@ -255,6 +259,10 @@ def fit(task: Task, ctx: RunContext, *, cfg: Any, stage: str, precision: Precisi
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("val_", "train_loss"))
                               and (own_score or k != "val_selection_score"))
             print(f"[{stage}] {task.name} epoch {epoch + 1}/{task.epochs}: {shown}", flush=True)
+        if task.should_stop():
+            if ctx.dist.is_main:
+                print(f"[{stage}] {task.name}: stopped early after epoch {epoch + 1}", flush=True)
+            break
     if ctx.dist.distributed:
         torch.distributed.barrier()  # rank 0 has written best.pt / last.pt before anyone reads them
     return _finish(task, ctx, cfg=cfg, history=history, precision=precision)

@@ -52,12 +52,6 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
-def loader_generator(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -151,9 +145,3 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def run_dir_for(runs_root: str | Path, stage: str, name: str) -> Path:
     return Path(runs_root) / stage / name
-
-
-def latest_checkpoint(run_dir: str | Path, name: str = "last.pt") -> Path | None:
-    """The resume point of a run directory, if a previous run left one."""
-    p = Path(run_dir) / name
-    return p if p.is_file() else None

@@ -177,8 +177,3 @@ def start_run(cfg: Any, *, stage: str, select: Literal["max", "min"] = "max", te
         write_run_config(cfg, run_dir)
     logger = MetricLogger(run_dir, enabled=dist.is_main, tensorboard=tensorboard)
     return RunContext(run_dir=run_dir, dist=dist, logger=logger, resume=cfg.run.resume, best=BestTracker(mode=select))
-
-
-def plain_config(cfg: Any) -> dict:
-    """The config as plain data, for storing inside checkpoints."""
-    return to_dict(cfg)

@@ -110,8 +110,6 @@ class ExtractionConfig:
     def required_paths(self) -> list[str]:
         return [self.data.dataset]
 
-    def output_dir(self) -> Path:
-        return Path(self.paths.runs) / "extraction" / self.run.name
 
     def utility_checkpoint(self) -> Path | None:
         return None if self.utility.checkpoint is None else resolve_under(self.paths.runs, self.utility.checkpoint)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Any
 
@@ -148,7 +147,3 @@ def face_summary(images_u8: torch.Tensor, **detector: Any) -> dict:
     """Faces found over uint8 (N, 3, H, W) images: total and images with at least one."""
     counts = [count_faces(rearrange(im, "c h w -> h w c").numpy(), **detector) for im in images_u8]
     return {"faces": int(sum(counts)), "images_with_face": int(sum(c > 0 for c in counts)), "images": len(counts)}
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)

@@ -38,7 +38,7 @@ from aux_code.precision import Precision
 from aux_code.training import RunContext, start_run
 from aux_code.transforms import ClipEval, to_float_image
 from privacy_training.config import PrivacyConfig
-from privacy_training.data import PrivacyData, PrivacyDataError, load_privacy_data, to_uint8
+from privacy_training.data import PrivacyData, load_privacy_data, to_uint8
 from privacy_training.leakage import count_faces, face_summary, similarity_summary
 from privacy_training.probe import ProbeTask, extract_features
 from privacy_training.report import CompareError, anonymizer_label, privacy_reduction, read_reference_cmap

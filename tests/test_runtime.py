@@ -9,7 +9,6 @@ import torch
 from aux_code.runtime import (
     MetricLogger,
     init_runtime,
-    latest_checkpoint,
     read_metrics,
     seed_everything,
     select_device,
@@ -52,7 +51,3 @@ def test_metric_logger_jsonl(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def test_latest_checkpoint(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
-    (tmp_path / "last.pt").write_bytes(b"x")
-    assert latest_checkpoint(tmp_path) == tmp_path / "last.pt"

@@ -23,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 
 from .common import (
     AnomalyVideo,

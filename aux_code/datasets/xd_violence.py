@@ -24,7 +24,6 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 
 from .common import (
     AnomalyVideo,

@@ -8,11 +8,12 @@ the embedded default (tiny I3D on the synthetic world) in configs/synthetic/extr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Optional
 
 from aux_code.anonymizers import AnonymizerSection
-from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+from aux_code.config import ConfigError, PathsConfig, RunConfig, opt
+from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
+from aux_code.sections import ClipSection, UtilitySource
 
 DATASETS = ("ucf_crime", "xd_violence", "shanghaitech")
 
@@ -33,37 +34,8 @@ class DataSection:
 
 
 @dataclass
-class ClipSection:
-    """How a video becomes clips (REFERENCE.md section 4: 16 frames at skip 2, crop 0.8, 224 px)."""
-
-    clip_len: int = opt(16, "Frames per clip.")
-    skip: int = opt(2, "Read every skip-th frame: a clip stands for clip_len * skip raw frames (non-overlapping clips).")
-    resolution: int = opt(224, "Side of the square model input after the centre crop (pixels).")
-    crop_scale: float = opt(0.8, "Centre crop as a fraction of the short side, before resizing to resolution.")
-
-
-@dataclass
-class UtilitySection:
-    """The utility model fT whose pooled feature is written: a stage-1 checkpoint or local weights."""
-
-    checkpoint: Optional[str] = opt(
-        None,
-        "Stage-1 checkpoint holding fT (e.g. anonymization/tedspad/best.pt; relative paths resolve under "
-        "paths.runs). When set, name and weights are ignored.",
-    )
-    model_key: str = opt("utility", "Key of fT inside the checkpoint's 'models'.")
-    name: str = opt("i3d_r50", "Without a checkpoint: registry name of fT (i3d_r50, i3d_r50_tiny, i3d_inception, ...).")
-    weights: Optional[str] = opt(
-        None,
-        "Without a checkpoint: local pretrained weights file (e.g. Kinetics-400 i3d_r50_kinetics.pth; relative "
-        "paths resolve under paths.weights). null = random init, only sensible for tests.",
-    )
-    num_classes: int = opt(400, "Without a checkpoint: classifier size the weights file was trained with.")
-
-
-@dataclass
 class ExtractSection:
-    """Decoding, batching and precision: they change speed, not the features (beyond decoder tolerance)."""
+    """Decoding and batching: they change speed, not the features (beyond decoder tolerance)."""
 
     decoder: Literal["auto", "pyav", "dali"] = opt(
         "auto",
@@ -80,9 +52,6 @@ class ExtractSection:
         4, "Decoded ahead of the model: clips per PyAV worker (or for the background thread); batches for DALI's pipeline."
     )
     decode_threads: int = opt(1, "FFmpeg threads per PyAV decoder (0 = FFmpeg decides).")
-    precision: Literal["auto", "fp32", "bf16"] = opt(
-        "auto", "Model precision: 'auto' = bf16 autocast on CUDA, fp32 on CPU; 'fp32' everywhere; 'bf16' autocast."
-    )
     channels_last: bool = opt(True, "Channels-last memory formats for fA and fT on CUDA (ignored on CPU, where it did not help).")
     frames_per_pass: Optional[int] = opt(
         None, "Run the anonymizer on at most this many frames at a time (bounds memory for large batches)."
@@ -102,20 +71,14 @@ class ExtractionConfig:
         "worker processes; 0 = the main process).",
     )
     data: DataSection = opt(DataSection(), "Anomaly dataset and splits.")
-    clips: ClipSection = opt(ClipSection(), "Clip sampling and the shared crop/resize.")
+    clip: ClipSection = opt(ClipSection(), "Clip sampling and the shared crop/resize.")
     anonymizer: AnonymizerSection = opt(AnonymizerSection(), "fA: raw, trained UNet, or a baseline (downsample, blur, blacken).")
-    utility: UtilitySection = opt(UtilitySection(), "fT: the model whose pooled feature is extracted.")
-    extract: ExtractSection = opt(ExtractSection(), "Decoder, batching, precision.")
+    utility: UtilitySource = opt(UtilitySource(), "fT: the model whose pooled feature is extracted.")
+    extract: ExtractSection = opt(ExtractSection(), "Decoder and batching.")
+    precision: PrecisionMode = opt("auto", PRECISION_HELP)
 
     def required_paths(self) -> list[str]:
         return [self.data.dataset]
-
-
-    def utility_checkpoint(self) -> Path | None:
-        return None if self.utility.checkpoint is None else resolve_under(self.paths.runs, self.utility.checkpoint)
-
-    def utility_weights(self) -> Path | None:
-        return None if self.utility.weights is None else resolve_under(self.paths.weights, self.utility.weights)
 
     def validate(self) -> None:
         checks = [
@@ -123,10 +86,6 @@ class ExtractionConfig:
              f"data.splits = {self.data.splits} must be a non-empty list of 'train' / 'test'"),
             (len(set(self.data.splits)) == len(self.data.splits), f"data.splits = {self.data.splits} repeats a split"),
             (self.data.limit is None or self.data.limit >= 1, f"data.limit = {self.data.limit} must be >= 1 or null"),
-            (self.clips.clip_len >= 1, f"clips.clip_len = {self.clips.clip_len} must be >= 1"),
-            (self.clips.skip >= 1, f"clips.skip = {self.clips.skip} must be >= 1"),
-            (self.clips.resolution >= 8, f"clips.resolution = {self.clips.resolution} must be >= 8"),
-            (0.0 < self.clips.crop_scale <= 1.0, f"clips.crop_scale = {self.clips.crop_scale} must be in (0, 1]"),
             (self.extract.batch_size >= 1, f"extract.batch_size = {self.extract.batch_size} must be >= 1"),
             (self.extract.prefetch >= 1, f"extract.prefetch = {self.extract.prefetch} must be >= 1"),
             (self.extract.decode_threads >= 0, f"extract.decode_threads = {self.extract.decode_threads} must be >= 0"),
@@ -139,3 +98,5 @@ class ExtractionConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.clip.validate()
+        validate_precision(self.precision, self.run.device)

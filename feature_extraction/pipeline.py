@@ -32,7 +32,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +46,13 @@ from tqdm import tqdm
 import av
 
 from aux_code.anonymizers import FrameAnonymizer, build_frame_anonymizer
-from aux_code.checkpoint import CheckpointError, atomic_write_json, file_digest
+from aux_code.checkpoint import CheckpointError, atomic_write_json
 from aux_code.clips import clip_frame_indices, extraction_starts
 from aux_code.config import config_hash, resolve_under
 from aux_code.datasets import AnomalyVideo, DatasetError, get_anomaly_dataset
 from aux_code.features import MANIFEST, FeatureSetInfo, VideoEntry, save_features, write_manifest
-from aux_code.models import anonymize_clip, build_utility
-from aux_code.models.stored import load_stored_model
+from aux_code.models import anonymize_clip
+from aux_code.precision import Precision
 from aux_code.runtime import DistInfo
 from aux_code.training import start_run
 from aux_code.transforms import ClipEval
@@ -471,12 +470,6 @@ def dali_events(jobs: Sequence[VideoJob], spec: ClipSpec, *, boxes: BoxLookup, a
 # ------------------------------------------------------------------------------------ model
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 class FeatureModel:
     """fT(fA(x))'s pooled feature for a batch of prepared clips: (B, C, T, r, r) -> (B, D) float32 numpy.
 
@@ -488,7 +481,7 @@ class FeatureModel:
     def __init__(self, anonymizer: nn.Module, utility: nn.Module, *, device: torch.device, precision: str = "auto",
                  channels_last: bool = True, frames_per_pass: int | None = None) -> None:
         self.device = device
-        self.precision = precision
+        self.precision = Precision(precision, device)
         self.frames_per_pass = frames_per_pass
         self.channels_last = channels_last and device.type == "cuda"
         self.anonymizer = anonymizer.eval().to(device)
@@ -500,7 +493,7 @@ class FeatureModel:
     @torch.inference_mode()
     def __call__(self, clips: torch.Tensor) -> np.ndarray:
         x = clips.to(self.device, non_blocking=True)
-        with _autocast(self.device, self.precision):
+        with self.precision.autocast():
             x = anonymize_clip(self.anonymizer, x, frames_per_pass=self.frames_per_pass)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -646,29 +639,13 @@ def _gather(obj: Any, dist: DistInfo) -> list[Any]:
 
 def check_model_files(cfg: ExtractionConfig) -> None:
     """Every model file the config names exists (CheckpointError naming the key otherwise)."""
-    files = [("utility.checkpoint", cfg.utility_checkpoint())]
-    if cfg.utility.checkpoint is None:
-        files.append(("utility.weights", cfg.utility_weights()))
+    files = cfg.utility.files(cfg.paths)
     if cfg.anonymizer.method == "unet" and cfg.anonymizer.checkpoint:
         files.append(("anonymizer.checkpoint", resolve_under(cfg.paths.runs, cfg.anonymizer.checkpoint)))
     for key, path in files:
-        if path is not None and not path.is_file():
+        if not path.is_file():
             raise CheckpointError(f"{key} = {path} does not exist (expected a checkpoint file; stage-1 checkpoints "
                                   "resolve under paths.runs, weights files under paths.weights)")
-
-
-def load_utility(cfg: ExtractionConfig) -> tuple[nn.Module, dict]:
-    """fT and its manifest description (name, checkpoint or weights, digest)."""
-    ckpt = cfg.utility_checkpoint()
-    if ckpt is not None:
-        model, spec = load_stored_model(ckpt, cfg.utility.model_key, config_key="utility.checkpoint")
-        return model, {"name": spec.get("name", type(model).__name__), "checkpoint": cfg.utility.checkpoint,
-                       "model_key": cfg.utility.model_key, "checkpoint_sha": file_digest(ckpt)}
-    weights = cfg.utility_weights()
-    model = build_utility(name=cfg.utility.name, num_classes=cfg.utility.num_classes, weights=weights)
-    info = {"name": cfg.utility.name, "weights": cfg.utility.weights,
-            "checkpoint_sha": file_digest(weights) if weights is not None else None}
-    return model.eval(), info
 
 
 def feature_set_info(cfg: ExtractionConfig, fa: FrameAnonymizer, utility: nn.Module, utility_info: dict,
@@ -677,12 +654,12 @@ def feature_set_info(cfg: ExtractionConfig, fa: FrameAnonymizer, utility: nn.Mod
         dataset=cfg.data.dataset,
         backbone=str(utility_info["name"]),
         feature_dim=int(utility.feature_dim),
-        clip_len=cfg.clips.clip_len,
-        skip=cfg.clips.skip,
-        resolution=cfg.clips.resolution,
+        clip_len=cfg.clip.clip_len,
+        skip=cfg.clip.skip,
+        resolution=cfg.clip.resolution,
         decoder=decoder,
         anonymizer=fa.describe(),
-        utility=dict(utility_info, crop_scale=cfg.clips.crop_scale),
+        utility=dict(utility_info, crop_scale=cfg.clip.crop_scale),
     )
 
 
@@ -706,7 +683,7 @@ def run(cfg: ExtractionConfig) -> int:
     mine = jobs[dist.rank :: dist.world_size]
 
     fa = build_frame_anonymizer(cfg.anonymizer, runs_root=cfg.paths.runs, device="cpu")
-    utility, utility_info = load_utility(cfg)
+    utility, utility_info = cfg.utility.load(cfg.paths)
     cuda = device.type == "cuda"
     # Codecs only matter when DALI could be chosen; reading them opens every video.
     wants_dali = cfg.extract.decoder == "dali" or (cfg.extract.decoder == "auto" and cuda and dali_available())
@@ -725,7 +702,7 @@ def run(cfg: ExtractionConfig) -> int:
               f"decoder {decoder}, anonymizer {fa.method}, fT {utility_info['name']} (D={info.feature_dim}), "
               f"device {device}", flush=True)
 
-    spec = ClipSpec(cfg.clips.clip_len, cfg.clips.skip, cfg.clips.resolution, cfg.clips.crop_scale)
+    spec = ClipSpec(cfg.clip.clip_len, cfg.clip.skip, cfg.clip.resolution, cfg.clip.crop_scale)
     boxes = BoxLookup(fa, adapter)
     box_fa = fa if fa.needs_boxes else None
 
@@ -742,7 +719,7 @@ def run(cfg: ExtractionConfig) -> int:
     else:
         events = pyav(pending)
 
-    model = FeatureModel(fa.model, utility, device=device, precision=cfg.extract.precision,
+    model = FeatureModel(fa.model, utility, device=device, precision=cfg.precision,
                          channels_last=cfg.extract.channels_last, frames_per_pass=cfg.extract.frames_per_pass)
     progress = tqdm(total=len(pending), unit="video", disable=not dist.is_main, desc="extracting")
 

@@ -46,7 +46,7 @@ DEFAULT = PROJECT_ROOT / "configs" / "synthetic" / "extraction" / "default.yaml"
 UTILITY_CKPT = "anonymization/utility/best.pt"
 IDENTITY_CKPT = "anonymization/identity/best.pt"
 # Small model input keeps each tiny-world run around a second on one core.
-FAST = ["clips.resolution=32", "extract.batch_size=4", "extract.prefetch=2"]
+FAST = ["clip.resolution=32", "extract.batch_size=4", "extract.prefetch=2"]
 
 
 @pytest.fixture(scope="session")
@@ -249,7 +249,7 @@ def test_resume_skips_finished_videos(world, runs, monkeypatch):
         k: v for k, v in stamps.items() if k != lost}
 
     # Another producer (resolution) reuses nothing.
-    assert run(config(world, runs, "clips.resolution=48")) == 0
+    assert run(config(world, runs, "clip.resolution=48")) == 0
     assert (results(out)["extracted"], results(out)["resumed"]) == (8, 0)
     assert read_manifest(out).resolution == 48
 

@@ -177,7 +177,7 @@ def extraction_runs(tiny_world, tmp_path_factory) -> Path:
     save_checkpoint({"models": {"anonymizer": pack_model("anonymizer", {"name": "unet_tiny"}, build_anonymizer(name="unet_tiny"))}},
                     runs / UNET_CKPT)
     common = [f"paths.ucf_crime={tiny_world / 'UCF_Crime'}", f"paths.runs={runs}", f"utility.checkpoint={UTILITY_CKPT}",
-              "clips.resolution=32", "extract.batch_size=4", "data.splits=[test]"]
+              "clip.resolution=32", "extract.batch_size=4", "data.splits=[test]"]
     for name, anonymizer in (("raw", ["anonymizer.method=raw"]),
                              ("down4", ["anonymizer.method=downsample", "anonymizer.factor=4"]),
                              ("unet", ["anonymizer.method=unet", f"anonymizer.checkpoint={UNET_CKPT}"])):

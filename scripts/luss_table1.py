@@ -5,7 +5,9 @@
 (VCR + FFP + PRP, the paper's alphas) and the VCR-only baseline (loss.ffp=0 loss.prp=0,
 eval.alphas=[1,0,0]) through ``python -m anomaly_detection.luss`` (finished runs are reused),
 then prints micro frame AUC (%) per dataset: mean over seeds with a 95% t-interval, and writes
-``<paths.results>/luss/table1.md`` and ``summary.json``. Extra key=value overrides go to every run.
+``<paths.results>/luss/table1.md`` and ``table1_summary.json``. ``--variants luss vcr vcr_ffp vcr_prp``
+adds Table 2's other rows (VCR+FFP, VCR+PRP: the missing task's loss weight and alpha set to 0;
+written as ``table_<variants>.md``). Extra key=value overrides go to every run.
 """
 
 from __future__ import annotations
@@ -20,15 +22,21 @@ import numpy as np
 from anomaly_detection.luss.__main__ import main as luss_main
 from aux_code.config import PROJECT_ROOT, load_config
 from anomaly_detection.luss.config import LussConfig
+from aux_code.luss_scoring import PAPER_ALPHAS
 
 DATASETS = ("ped2", "avenue", "shanghaitech_unsupervised")
-VARIANTS = {
+VARIANTS = {  # overrides per variant; "{a1}" etc. are the dataset's paper alphas (Table 2's rows)
     "luss": [],
     "vcr": ["loss.ffp=0", "loss.prp=0", "eval.alphas=[1,0,0]"],
+    "vcr_ffp": ["loss.prp=0", "eval.alphas=[{a1},{a2},0]"],
+    "vcr_prp": ["loss.ffp=0", "eval.alphas=[{a1},0,{a3}]"],
 }
-PAPER = {  # micro frame AUC (%): Table 1 (LUSS-AE) and Table 2's VCR-only row (Ped2: not reported)
+LABELS = {"luss": "LUSS-AE (VCR+FFP+PRP)", "vcr": "VCR only", "vcr_ffp": "VCR+FFP", "vcr_prp": "VCR+PRP"}
+PAPER = {  # micro frame AUC (%): Table 1 (LUSS-AE) and Table 2's rows (Ped2: not reported)
     "luss": {"ped2": 98.52, "avenue": 89.04, "shanghaitech_unsupervised": 81.21},
     "vcr": {"ped2": None, "avenue": 82.72, "shanghaitech_unsupervised": 73.11},
+    "vcr_ffp": {"ped2": None, "avenue": 87.95, "shanghaitech_unsupervised": 76.35},
+    "vcr_prp": {"ped2": None, "avenue": 87.43, "shanghaitech_unsupervised": 79.20},
 }
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -45,7 +53,9 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 def run_one(config: Path, dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
     name = f"table1_{dataset}_{variant}_s{seed}"
-    args = ["--config", str(config), f"run.seed={seed}", f"run.name={name}", *VARIANTS[variant], *extra]
+    a1, a2, a3 = PAPER_ALPHAS[dataset]
+    variant_args = [x.format(a1=a1, a2=a2, a3=a3) for x in VARIANTS[variant]]
+    args = ["--config", str(config), f"run.seed={seed}", f"run.name={name}", *variant_args, *extra]
     status = luss_main(args)
     if status != 0:
         raise SystemExit(f"run {name} failed with status {status}")
@@ -60,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scripts.luss_table1", description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["luss", "vcr"], choices=list(VARIANTS),
+                   help="luss and vcr: Table 1's row and its baseline; vcr_ffp, vcr_prp: Table 2's other rows")
     p.add_argument("--config-dir", type=Path, default=PROJECT_ROOT / "configs" / "synthetic" / "luss")
     p.add_argument("overrides", nargs="*", help="key=value passed to every run")
     a = p.parse_args(argv)
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]")
             ref = PAPER[v][d]
             paper.append("n/a" if ref is None else f"{ref:.2f}")
-        label = "LUSS-AE (VCR+FFP+PRP)" if v == "luss" else "VCR only"
+        label = LABELS[v]
         lines.append(f"| {label}, synthetic, mean [95% CI] over seeds {a.seeds} | " + " | ".join(cells) + " |")
         lines.append(f"| {label}, paper (real data) | " + " | ".join(paper) + " |")
     table = "\n".join(lines)
@@ -94,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(LussConfig, a.config_dir / f"{a.datasets[0]}.yaml", a.overrides, check_paths=False)
     out = Path(cfg.paths.results) / "luss"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table1.md").write_text("Micro frame AUC (%)\n\n" + table + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"written {out / 'table1.md'} and {out / 'summary.json'}")
+    tag = "table1" if a.variants == ["luss", "vcr"] else "table_" + "_".join(a.variants)
+    (out / f"{tag}.md").write_text("Micro frame AUC (%)\n\n" + table + "\n")
+    (out / f"{tag}_summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"written {out / (tag + '.md')} and {out / (tag + '_summary.json')}")
     return 0
 
 

@@ -167,11 +167,12 @@ def _check_wiring(runs: Path, summary: dict, tables: str) -> None:
 
     # Stage 2: TeD-SPAD's images went through its trained fA, raw's through none.
     anonymizer = results("privacy/tedspad")["anonymizer"]
-    assert (anonymizer["method"], anonymizer["checkpoint"], anonymizer["digest"]) == ("unet", tedspad_ckpt, tedspad_digest)
+    assert (anonymizer.get("method"), anonymizer.get("checkpoint"), anonymizer.get("digest")) == ("unet", tedspad_ckpt, tedspad_digest)
     assert results("privacy/raw")["anonymizer"]["method"] == "raw"
     # Stage 3: TeD-SPAD's features are fT(fA(x)) with both models of its own minimax checkpoint.
     ted, raw = read_manifest(runs / "extraction/ucf_crime-tedspad"), read_manifest(runs / "extraction/ucf_crime-raw")
-    assert (ted.anonymizer["method"], ted.anonymizer["checkpoint"], ted.anonymizer["digest"]) == ("unet", tedspad_ckpt, tedspad_digest)
+    assert (ted.anonymizer.get("method"), ted.anonymizer.get("checkpoint"), ted.anonymizer.get("digest")) == (
+        "unet", tedspad_ckpt, tedspad_digest)
     assert ted.utility["checkpoint"] == tedspad_ckpt and ted.utility["checkpoint_sha"] == tedspad_digest
     assert raw.anonymizer == {"method": "raw"}
     assert raw.utility["checkpoint"] == utility_ckpt and raw.utility["checkpoint_sha"] == file_digest(runs / utility_ckpt)
@@ -208,4 +209,4 @@ def _check_wiring(runs: Path, summary: dict, tables: str) -> None:
         cmap = results(probe["step"])["test"]["cmap"]
         assert probe["cmap"] == pytest.approx(cmap, abs=1e-12)
         assert f"| {label} | {100 * cmap:.2f} |" in tables
-    assert results("privacy/probe-tedspad")["anonymizer"]["digest"] == tedspad_digest
+    assert results("privacy/probe-tedspad")["anonymizer"].get("digest") == tedspad_digest

@@ -22,24 +22,15 @@ from typing import Literal, Optional
 from aux_code.anonymizers import AnonymizerSection
 from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
 from aux_code.schedule import ScheduleSection
+from aux_code.sections import StillClipSection, UtilitySource, shared
 
 
 @dataclass
 class DataSection:
-    """Which images, at which resolution, and how the validation split is carved."""
+    """Which images and how the validation split is carved from the released train split."""
 
-    resolution: int = opt(224, "Side of the square images the target model (and fA) sees (paper: 224).")
-    crop_scale: float = opt(
-        1.0,
-        "Centre crop of this fraction of the short side before resizing to data.resolution (1.0: the largest "
-        "centred square).",
-    )
-    val_fraction: float = opt(
-        0.1,
-        "Fraction of the released train split held out as validation for epoch selection (the test split is never "
-        "used to select).",
-    )
-    val_seed: int = opt(0, "Seed of the validation carve-out (independent of run.seed so every method sees the same split).")
+    validation_fraction: float = shared("validation_fraction", 0.1)
+    validation_seed: int = shared("validation_seed", 0)
     on_label_error: Literal["raise", "skip"] = opt(
         "raise",
         "A label entry with the wrong attribute count or non-0/1 values: stop ('raise') or leave it out and list it "
@@ -122,26 +113,14 @@ class LeakageSection:
     astronaut_resolution: int = opt(
         224,
         "Side the astronaut photograph (512x512) is resized to before fA, i.e. the resolution the anonymizer works at "
-        "in the paper; independent of data.resolution so a small synthetic setting still tests a real photograph.",
+        "in the paper; independent of clip.resolution so a small synthetic setting still tests a real photograph.",
     )
 
 
 @dataclass
 class ProbeSection:
-    """Feature-level probe (paper Table 1): I3D features of images repeated as static clips."""
+    """Feature-level probe (paper Table 1): fT features (the utility section) of images repeated clip.clip_len times."""
 
-    checkpoint: Optional[str] = opt(
-        None,
-        "Stage-1 checkpoint holding the utility model (relative to paths.runs, e.g. 'anonymization/utility/best.pt' "
-        "or 'anonymization/tedspad/best.pt').",
-    )
-    model_key: str = opt("utility", "Key of the utility model inside the checkpoint's 'models'.")
-    weights: Optional[str] = opt(
-        None,
-        "Instead of a checkpoint: a public I3D weights file (relative to paths.weights), e.g. Kinetics-400 I3D-R50.",
-    )
-    utility_name: str = opt("i3d_r50", "Utility architecture when probe.weights is used (aux_code.models build_utility).")
-    clip_length: int = opt(16, "T: how many times each image is repeated along time.")
     feature_batch: int = opt(32, "Clips per fT forward pass during feature extraction.")
     hidden: int = opt(256, "Hidden width of the MLP probe (0: a linear probe).")
     dropout: float = opt(0.2, "Dropout before the probe's output layer.")
@@ -161,7 +140,9 @@ class PrivacyConfig:
         "target", "'target': train fB' on anonymized images; 'probe': MLP probe on fT features of stacked images."
     )
     anonymizer: AnonymizerSection = opt(AnonymizerSection(), "The frozen anonymizer fA (or baseline) applied to every image.")
-    data: DataSection = opt(DataSection(), "Images, resolution, validation split.")
+    data: DataSection = opt(DataSection(), "Images and the validation split.")
+    clip: StillClipSection = opt(StillClipSection(crop_scale=1.0), "Image size and crop; clip_len: the probe's still clips.")
+    utility: UtilitySource = opt(UtilitySource(), "task probe: the utility model fT whose features are probed.")
     cache: CacheSection = opt(CacheSection(), "Anonymized-image cache.")
     model: ModelSection = opt(ModelSection(), "Target model fB'.")
     augment: AugmentSection = opt(AugmentSection(), "Training augmentation of the target model.")
@@ -188,9 +169,9 @@ class PrivacyConfig:
     def validate(self) -> None:
         d, o, p = self.data, self.optim, self.probe
         checks = [
-            (d.resolution >= 16, f"data.resolution = {d.resolution} must be >= 16"),
-            (0.0 < d.crop_scale <= 1.0, f"data.crop_scale = {d.crop_scale} must be in (0, 1]"),
-            (0.0 < d.val_fraction < 1.0, f"data.val_fraction = {d.val_fraction} must be in (0, 1): epoch selection needs a validation split"),
+            (self.clip.resolution >= 16, f"clip.resolution = {self.clip.resolution} must be >= 16"),
+            (0.0 < d.validation_fraction < 1.0,
+             f"data.validation_fraction = {d.validation_fraction} must be in (0, 1): epoch selection needs a validation split"),
             (0.0 <= d.max_decode_failures < 1.0, f"data.max_decode_failures = {d.max_decode_failures} must be in [0, 1)"),
             (d.anonymize_batch >= 1, f"data.anonymize_batch = {d.anonymize_batch} must be >= 1"),
             (0.0 < self.augment.min_crop_scale <= 1.0, f"augment.min_crop_scale = {self.augment.min_crop_scale} must be in (0, 1]"),
@@ -203,7 +184,6 @@ class PrivacyConfig:
             (self.leakage.scale_factor > 1.0, f"leakage.scale_factor = {self.leakage.scale_factor} must be > 1"),
             (self.leakage.astronaut_resolution >= 32, f"leakage.astronaut_resolution = {self.leakage.astronaut_resolution} must be >= 32"),
             (self.leakage.min_face >= 1, f"leakage.min_face = {self.leakage.min_face} must be >= 1"),
-            (p.clip_length >= 1, f"probe.clip_length = {p.clip_length} must be >= 1"),
             (p.hidden >= 0, f"probe.hidden = {p.hidden} must be >= 0"),
             (0.0 <= p.dropout < 1.0, f"probe.dropout = {p.dropout} must be in [0, 1)"),
             (p.epochs >= 1 and p.batch_size >= 2 and p.lr > 0, "probe.epochs >= 1, probe.batch_size >= 2 and probe.lr > 0 are required"),
@@ -212,8 +192,10 @@ class PrivacyConfig:
             if not ok:
                 raise ConfigError(message)
         self.schedule.validate()
-        if self.task == "probe" and (p.checkpoint is None) == (p.weights is None):
+        self.clip.validate()
+        u = self.utility
+        if self.task == "probe" and (u.checkpoint is None) == (u.weights is None):
             raise ConfigError(
-                "task: probe needs exactly one source of the utility model: probe.checkpoint (a stage-1 checkpoint "
-                "under paths.runs) or probe.weights (a public I3D weights file under paths.weights)"
+                "task: probe needs exactly one source of the utility model: utility.checkpoint (a stage-1 checkpoint "
+                "under paths.runs) or utility.weights (a public I3D weights file under paths.weights)"
             )

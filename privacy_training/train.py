@@ -31,9 +31,8 @@ from aux_code.anonymizers import FrameAnonymizer, build_frame_anonymizer
 from aux_code.config import experiment_hash, resolve_under
 from aux_code.fit import fit
 from aux_code.datasets.vispr import VISPR
-from aux_code.models import build_target, build_utility
+from aux_code.models import build_target
 from aux_code.models.mgfn import count_parameters
-from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
 from aux_code.training import RunContext, start_run
 from aux_code.transforms import ClipEval, to_float_image
@@ -52,7 +51,7 @@ def _log(msg: str) -> None:
 
 
 def _dataset(cfg: PrivacyConfig) -> VISPR:
-    return VISPR(cfg.paths.vispr, val_fraction=cfg.data.val_fraction, val_seed=cfg.data.val_seed, on_error=cfg.data.on_label_error)
+    return VISPR(cfg.paths.vispr, val_fraction=cfg.data.validation_fraction, val_seed=cfg.data.validation_seed, on_error=cfg.data.on_label_error)
 
 
 def _load_data(cfg: PrivacyConfig, fa: FrameAnonymizer, device: torch.device) -> tuple[VISPR, PrivacyData]:
@@ -60,8 +59,8 @@ def _load_data(cfg: PrivacyConfig, fa: FrameAnonymizer, device: torch.device) ->
     data = load_privacy_data(
         dataset,
         fa,
-        resolution=cfg.data.resolution,
-        crop_scale=cfg.data.crop_scale,
+        resolution=cfg.clip.resolution,
+        crop_scale=cfg.clip.crop_scale,
         device=device,
         batch=cfg.data.anonymize_batch,
         cache_dir=cfg.cache_dir() if cfg.cache.enabled else None,
@@ -100,7 +99,7 @@ def _common_results(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, da
         "anonymizer": fa.describe(),
         "anonymizer_label": anonymizer_label(fa.describe()),
         "config_hash": experiment_hash(cfg),
-        "resolution": cfg.data.resolution,
+        "resolution": cfg.clip.resolution,
         "counts": data.counts(),
         "decode_failures": {name: [list(f) for f in fl] for name, fl in data.failures().items()},
         "label_problems": data.label_problems,
@@ -215,7 +214,7 @@ def _leakage(cfg: PrivacyConfig, fa: FrameAnonymizer, test) -> dict:
     t0 = time.perf_counter()
     lk = cfg.leakage
     detector = {"scale_factor": lk.scale_factor, "min_neighbors": lk.min_neighbors, "min_size": lk.min_face}
-    out: dict = {"similarity": similarity_summary(test.originals, test.images), "resolution": cfg.data.resolution}
+    out: dict = {"similarity": similarity_summary(test.originals, test.images), "resolution": cfg.clip.resolution}
     if lk.face_detector:
         out["faces"] = {
             "detector": "OpenCV Haar haarcascade_frontalface_default",
@@ -233,17 +232,12 @@ def _leakage(cfg: PrivacyConfig, fa: FrameAnonymizer, test) -> dict:
 
 
 def _build_probe_utility(cfg: PrivacyConfig) -> torch.nn.Module:
-    p = cfg.probe
-    if p.checkpoint is not None:
-        path = resolve_under(cfg.paths.runs, p.checkpoint)
-        model, _ = load_stored_model(path, p.model_key, config_key="probe.checkpoint")
-    else:
-        path = resolve_under(cfg.paths.weights, p.weights)
-        model = build_utility(name=p.utility_name, weights=path)
+    model, _ = cfg.utility.load(cfg.paths)
     need = getattr(model, "min_frames", 1)
-    if p.clip_length < need:
-        raise ValueError(f"probe.clip_length = {p.clip_length} is below the {need} frames the utility model from {path} needs")
-    return model.eval()
+    if cfg.clip.clip_len < need:
+        raise ValueError(f"clip.clip_len = {cfg.clip.clip_len} is below the {need} frames the utility model "
+                         f"({cfg.utility.checkpoint or cfg.utility.weights}) needs")
+    return model
 
 
 def _run_probe(
@@ -252,15 +246,16 @@ def _run_probe(
     device, p = ctx.device, cfg.probe
     t0 = time.perf_counter()
     feats = {
-        name: extract_features(utility, split.images, clip_length=p.clip_length, batch_size=p.feature_batch, device=device).to(device)
+        name: extract_features(utility, split.images, clip_length=cfg.clip.clip_len, batch_size=p.feature_batch, device=device).to(device)
         for name, split in data.splits.items()
     }
     feature_time = time.perf_counter() - t0
 
     def extra(test_report: dict) -> dict:
         reduction, compared = _comparison(cfg, test_report["cmap"])
-        utility_info = {"source": p.checkpoint or p.weights, "model_key": p.model_key if p.checkpoint else None,
-                        "feature_dim": int(feats["train"].shape[1]), "clip_length": p.clip_length,
+        u = cfg.utility
+        utility_info = {"source": u.checkpoint or u.weights, "model_key": u.model_key if u.checkpoint else None,
+                        "feature_dim": int(feats["train"].shape[1]), "clip_len": cfg.clip.clip_len,
                         "parameters": count_parameters(utility), "feature_time_s": round(feature_time, 3)}
         return {**_common_results(cfg, ctx, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
                 "utility": utility_info, "leakage": None}
@@ -270,5 +265,5 @@ def _run_probe(
                      epochs=p.epochs, batch_size=p.batch_size, seed=cfg.run.seed, f1_threshold=cfg.eval.f1_threshold, extra=extra)
     results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device))
     _log(f"[privacy] probe test cMAP {100 * results['test']['cmap']:.2f} (chance {100 * results['test']['chance_cmap']:.2f}) on "
-         f"{results['utility']['feature_dim']}-d features of {p.checkpoint or p.weights}; results in {ctx.run_dir / 'results.json'}")
+         f"{results['utility']['feature_dim']}-d features of {cfg.utility.checkpoint or cfg.utility.weights}; results in {ctx.run_dir / 'results.json'}")
     return results

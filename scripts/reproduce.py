@@ -272,7 +272,7 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
                 anon_overrides, needs = ("anonymizer.method=raw",), utility_needs(ckpt)
             else:
                 anon_overrides, needs = trained_fa(ckpt), (f"anonymization/{method}",)
-            source = (f"probe.checkpoint={ckpt}", "probe.weights=null") if ckpt else ()
+            source = (f"utility.checkpoint={ckpt}", "utility.weights=null") if ckpt else ()
             key = plan.add(Step("privacy", files.probe, f"probe-{method}", (*common, *extra.privacy, *anon_overrides, *source), needs))
             plan.probes[label] = (key, method)
 

@@ -25,8 +25,8 @@ from privacy_training.target import augment_batch, score_split
 
 CONFIGS = PROJECT_ROOT / "configs" / "synthetic" / "privacy"
 # Tiny and quick: 32 px, 2 epochs, small batches; the astronaut photograph is still checked.
-FAST = ["data.resolution=32", "optim.epochs=2", "optim.batch_size=8", "data.anonymize_batch=16", "schedule.warmup_epochs=1"]
-PROBE_FAST = ["data.resolution=32", "probe.clip_length=8", "probe.epochs=5", "probe.batch_size=8", "probe.hidden=16"]
+FAST = ["clip.resolution=32", "optim.epochs=2", "optim.batch_size=8", "data.anonymize_batch=16", "schedule.warmup_epochs=1"]
+PROBE_FAST = ["clip.resolution=32", "clip.clip_len=8", "probe.epochs=5", "probe.batch_size=8", "probe.hidden=16"]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_every_key_documented_and_probe_needs_one_source():
     from aux_code.config import ConfigError
 
     with pytest.raises(ConfigError, match="exactly one source of the utility model"):
-        load_config(PrivacyConfig, CONFIGS / "probe.yaml", ["probe.weights=i3d.pth"], check_paths=False)
+        load_config(PrivacyConfig, CONFIGS / "probe.yaml", ["utility.weights=i3d.pth"], check_paths=False)
 
 
 def test_score_split_leaves_out_attribute_without_positives():
@@ -231,16 +231,16 @@ def test_cli_raw_baseline_probe_and_cache(paths_env, capsys):
 
     # The feature-level probe on the fake stage-1 checkpoint, reusing the raw cache.
     probe = ["--config", str(CONFIGS / "probe.yaml"), *PROBE_FAST]
-    assert main([*probe, "probe.checkpoint=anonymization/fake/best.pt"]) == 0
+    assert main([*probe, "utility.checkpoint=anonymization/fake/best.pt"]) == 0
     pr = _results(world, "probe")
     assert pr["task"] == "probe" and pr["cache"]["hit"] is True and pr["utility"]["feature_dim"] == 256
     assert 0.0 < pr["test"]["cmap"] <= 1.0 and (world / "runs" / "privacy" / "probe" / "best.pt").is_file()
 
     # A checkpoint without a utility model: one clear message, exit status 2.
     capsys.readouterr()
-    assert main([*probe, "probe.checkpoint=anonymization/fake/anon_only.pt", "run.name=probe_bad"]) == 2
+    assert main([*probe, "utility.checkpoint=anonymization/fake/anon_only.pt", "run.name=probe_bad"]) == 2
     err = capsys.readouterr().err
-    assert "holds no model 'utility'" in err and "anon_only.pt" in err and "probe.checkpoint" in err
+    assert "holds no model 'utility'" in err and "anon_only.pt" in err and "utility.checkpoint" in err
 
 
 def test_wrong_attribute_count_is_a_clear_error(tiny_world, tmp_path, monkeypatch, capsys):

@@ -144,7 +144,7 @@ def test_raw_target_model_learns_separable_attributes(tmp_path):
     test_labels = write_separable_vispr(vispr)
     args = ["--config", str(PROJECT_ROOT / "configs" / "synthetic" / "privacy" / "default.yaml"),
             f"paths.vispr={vispr}", f"paths.runs={tmp_path / 'runs'}", "run.name=separable",
-            f"data.resolution={SEPARABLE_SIZE}", "data.val_fraction=0.25", "optim.epochs=8", "optim.batch_size=16",
+            f"clip.resolution={SEPARABLE_SIZE}", "data.validation_fraction=0.25", "optim.epochs=8", "optim.batch_size=16",
             "leakage.enabled=false"]
     assert main(args) == 0
     results = json.loads((tmp_path / "runs" / "privacy" / "separable" / "results.json").read_text())

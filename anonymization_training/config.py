@@ -7,7 +7,7 @@ lists every key with its meaning. One schema serves four tasks (``task``):
 task                what it trains, what it selects on (never a test split)
 ==================  =====================================================================
 utility_pretrain    fT (I3D + classifier) on the proxy action set; best = max validation
-                    top-1 on clips carved out of the train list (``data.action_val_fraction``).
+                    top-1 on clips carved out of the train list (``data.action_validation_fraction``).
                     testlist01 top-1 of the selected model is reported, never selected on.
 identity            fA as an identity (L1 reconstruction) on action frames + privacy images;
                     best = min validation L1 (action val clips' frames + privacy val images).
@@ -30,6 +30,7 @@ from typing import Literal, Optional
 from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
 from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
 from aux_code.schedule import ScheduleSection
+from aux_code.sections import ClipSection, shared
 
 Task = Literal["utility_pretrain", "identity", "budget_ssl", "minimax"]
 Method = Literal["tedspad", "spact", "temporal_invariance"]
@@ -40,26 +41,22 @@ class DataSection:
     """Proxy action set (UCF101 layout), privacy images (VISPR layout), clip geometry."""
 
     action_fold: int = opt(1, "UCF101 split (trainlist0N / testlist0N) of the proxy action set.")
-    action_val_fraction: float = opt(
+    action_validation_fraction: float = opt(
         0.2,
-        "Fraction of the train list's group numbers (gXX: shared actors and scene; see action_val_by) held out, in "
+        "Fraction of the train list's group numbers (gXX: shared actors and scene; see action_validation_by) held out, in "
         "every class, as the validation split (seeded). Selection uses only this split; testlist0N is reported by "
         "utility_pretrain, never selected on.",
     )
-    action_val_by: Literal["group", "video"] = opt(
+    action_validation_by: Literal["group", "video"] = opt(
         "group",
         "Unit of the action validation carve: whole group numbers across all classes (UCF101's gXX, as the official "
         "splits do) or single videos per class (only for sets with too few groups, e.g. test worlds; clips of a "
         "group then appear on both sides).",
     )
-    action_val_seed: int = opt(0, "Seed of the action validation carve (independent of run.seed).")
-    privacy_val_fraction: float = opt(0.1, "Fraction of the privacy train images held out for validation (VISPR 'val').")
-    privacy_val_seed: int = opt(0, "Seed of the privacy validation carve.")
-    clip_len: int = opt(16, "Frames per clip (paper: 16).")
-    skip: int = opt(2, "Frame stride inside a clip (paper: 2, so a clip spans 32 raw frames).")
-    size: int = opt(224, "Square model input size after the crop (paper: 224).")
-    crop_scale: float = opt(0.8, "Evaluation centre crop, as a fraction of the short side, before resizing (paper: 0.8).")
-    train_crop_scale: list[float] = opt([0.7, 0.9], "Range of the random training crop's side fraction, centred on crop_scale.")
+    action_validation_seed: int = shared("validation_seed", 0)
+    privacy_validation_fraction: float = shared("validation_fraction", 0.1)
+    privacy_validation_seed: int = shared("validation_seed", 0)
+    train_crop_scale: list[float] = opt([0.7, 0.9], "Range of the random training crop's side fraction (evaluation uses clip.crop_scale).")
     color_jitter_p: float = opt(0.8, "Probability of colour jitter (strength 0.4) in training augmentations.")
     erase_p: float = opt(0.5, "Probability of random erasing in training augmentations.")
     cache_in_memory: bool = opt(
@@ -83,6 +80,9 @@ class ModelSection:
         "re-initialised for the proxy classes. null: random init.",
     )
     utility_dropout: float = opt(0.5, "Dropout before fT's classifier (I3D-R50 only; 0.5 in the paper's I3D).")
+    utility_clip_input: Optional[Literal["rgb", "difference"]] = opt(
+        None, "What fT's stem sees (I3D-R50 only): 'rgb' frames or frame 'difference's; null: the preset's default."
+    )
     budget: str = opt("resnet50", "fB: 'resnet50' or 'resnet_tiny' (backbone + 2-layer projection, L2-normalised).")
     budget_weights: Optional[str] = opt(
         None,
@@ -178,7 +178,8 @@ class AnonymizationConfig:
     task: Task = opt("minimax", "utility_pretrain | identity | budget_ssl | minimax (see module docstring).")
     paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
     run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
-    data: DataSection = opt(DataSection(), "Datasets, splits and clip geometry.")
+    data: DataSection = opt(DataSection(), "Datasets, splits and training augmentation.")
+    clip: ClipSection = opt(ClipSection(), "Clip geometry of fT's input (and fA's / fB's frame size).")
     model: ModelSection = opt(ModelSection(), "Architectures and fresh-init weights.")
     init: InitSection = opt(InitSection(), "minimax: init checkpoints.")
     loss: LossSection = opt(LossSection(), "Utility and budget losses.")
@@ -202,11 +203,8 @@ class AnonymizationConfig:
     def validate(self) -> None:
         d, o, lo, e = self.data, self.optim, self.loss, self.eval
         checks = [
-            (0.0 < d.action_val_fraction < 1.0, f"data.action_val_fraction = {d.action_val_fraction} must be in (0, 1): selection needs a validation split"),
-            (0.0 < d.privacy_val_fraction < 1.0, f"data.privacy_val_fraction = {d.privacy_val_fraction} must be in (0, 1)"),
-            (d.clip_len >= 1 and d.skip >= 1, f"data.clip_len = {d.clip_len} and data.skip = {d.skip} must be >= 1"),
-            (d.size >= 8, f"data.size = {d.size} must be >= 8"),
-            (0.0 < d.crop_scale <= 1.0, f"data.crop_scale = {d.crop_scale} must be in (0, 1]"),
+            (0.0 < d.action_validation_fraction < 1.0, f"data.action_validation_fraction = {d.action_validation_fraction} must be in (0, 1): selection needs a validation split"),
+            (0.0 < d.privacy_validation_fraction < 1.0, f"data.privacy_validation_fraction = {d.privacy_validation_fraction} must be in (0, 1)"),
             (len(d.train_crop_scale) == 2 and 0.0 < d.train_crop_scale[0] <= d.train_crop_scale[1] <= 1.0,
              f"data.train_crop_scale = {d.train_crop_scale} must be [low, high] with 0 < low <= high <= 1"),
             (d.frames_per_video >= 1, f"data.frames_per_video = {d.frames_per_video} must be >= 1"),
@@ -230,5 +228,6 @@ class AnonymizationConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.clip.validate()
         self.schedule.validate()
         validate_precision(self.precision, self.run.device)

@@ -76,6 +76,8 @@ def fresh_utility(cfg: AnonymizationConfig, num_classes: int) -> tuple[nn.Module
     arch: dict[str, Any] = {}
     if cfg.model.utility.startswith("i3d_r50"):
         arch["dropout"] = cfg.model.utility_dropout
+        if cfg.model.utility_clip_input is not None:
+            arch["clip_input"] = cfg.model.utility_clip_input
     weights = cfg.weights_path(cfg.model.utility_weights)
     if weights is not None and not weights.is_file():
         raise CheckpointError(f"utility weights (model.utility_weights) {weights} does not exist")
@@ -242,13 +244,13 @@ class SingleModelTask(Task):
 
 def _augment(cfg: AnonymizationConfig):
     d = cfg.data
-    return train_transform(d.size, scale=d.train_crop_scale, jitter_p=d.color_jitter_p, erase_p=d.erase_p)
+    return train_transform(cfg.clip.resolution, scale=d.train_crop_scale, jitter_p=d.color_jitter_p, erase_p=d.erase_p)
 
 
 def _action_data(cfg: AnonymizationConfig, ctx: RunContext, *, test: bool = False):
     d = cfg.data
-    splits = load_action_splits(cfg.paths.ucf101, fold=d.action_fold, val_fraction=d.action_val_fraction,
-                                val_seed=d.action_val_seed, by=d.action_val_by)
+    splits = load_action_splits(cfg.paths.ucf101, fold=d.action_fold, val_fraction=d.action_validation_fraction,
+                                val_seed=d.action_validation_seed, by=d.action_validation_by)
     started = time.perf_counter()
     train = VideoSource(splits.train, cache=d.cache_in_memory)
     val = VideoSource(splits.val, cache=d.cache_in_memory)
@@ -260,8 +262,8 @@ def _action_data(cfg: AnonymizationConfig, ctx: RunContext, *, test: bool = Fals
 
 
 def _eval_clip_loader(cfg: AnonymizationConfig, source: VideoSource) -> tuple[Any, int]:
-    d = cfg.data
-    ds = EvalClips(source, eval_transform(d.size, scale=d.crop_scale), clip_len=d.clip_len, skip=d.skip,
+    c = cfg.clip
+    ds = EvalClips(source, eval_transform(c.resolution, scale=c.crop_scale), clip_len=c.clip_len, skip=c.skip,
                    clips_per_video=cfg.eval.clips_per_video)
     return loader(ds, batch_size=cfg.optim.batch_size, num_workers=cfg.run.num_workers), len(source)
 
@@ -300,7 +302,7 @@ def task_utility_pretrain(cfg: AnonymizationConfig, ctx: RunContext, precision: 
     splits, train, val, test = _action_data(cfg, ctx, test=True)
     assert test is not None
     model, spec = fresh_utility(cfg, len(splits.classes))
-    ds = ActionClips(train, _augment(cfg), clip_len=d.clip_len, skip=d.skip)
+    ds = ActionClips(train, _augment(cfg), clip_len=cfg.clip.clip_len, skip=cfg.clip.skip)
     steps = _steps(cfg, len(train), cfg.optim.batch_size)
     val_loader, n_val = _eval_clip_loader(cfg, val)
     test_loader, n_test = _eval_clip_loader(cfg, test)
@@ -331,14 +333,14 @@ def task_utility_pretrain(cfg: AnonymizationConfig, ctx: RunContext, precision: 
 def task_identity(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> Task:
     d = cfg.data
     _, train, val, _ = _action_data(cfg, ctx)
-    p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_val_fraction, val_seed=d.privacy_val_seed)
+    p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_validation_fraction, val_seed=d.privacy_validation_seed)
     images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
     model, spec = fresh_anonymizer(cfg)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"model.anonymizer = {cfg.model.anonymizer!r} has no parameters to train")
     ds = IdentityFrames(train, images_train, _augment(cfg), frames_per_video=d.frames_per_video)
     steps = _steps(cfg, len(ds), cfg.optim.batch_size)
-    ev = eval_transform(d.size, scale=d.crop_scale)
+    ev = eval_transform(cfg.clip.resolution, scale=cfg.clip.crop_scale)
     val_loader = loader(EvalFrames(val, images_val, ev), batch_size=cfg.optim.batch_size, num_workers=cfg.run.num_workers)
     grid = _grid_images(cfg, images_val)
 
@@ -363,7 +365,7 @@ def task_identity(cfg: AnonymizationConfig, ctx: RunContext, precision: Precisio
 
 def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> Task:
     d = cfg.data
-    p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_val_fraction, val_seed=d.privacy_val_seed)
+    p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_validation_fraction, val_seed=d.privacy_validation_seed)
     images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
     model, spec = fresh_budget(cfg)
     ds = ImageViews(images_train, _augment(cfg))
@@ -390,8 +392,8 @@ def _grid_images(cfg: AnonymizationConfig, images: ImageSource) -> torch.Tensor:
     """The first eval.grid_images validation images under the eval crop: (k, 3, size, size)."""
     k = min(cfg.eval.grid_images, len(images))
     if k == 0:
-        return torch.zeros(0, 3, cfg.data.size, cfg.data.size)
-    ds = EvalImages(images, eval_transform(cfg.data.size, scale=cfg.data.crop_scale))
+        return torch.zeros(0, 3, cfg.clip.resolution, cfg.clip.resolution)
+    ds = EvalImages(images, eval_transform(cfg.clip.resolution, scale=cfg.clip.crop_scale))
     return torch.stack([ds[i]["image"] for i in range(k)])
 
 
@@ -455,10 +457,10 @@ class MinimaxTask(Task):
         self.name, self.epochs, self.eval_every = cfg.task, o.epochs, cfg.eval.every
         self.selection = Selection("selection_score", "max", f"eval.select = {cfg.eval.select} (see --help-config)")
         splits, self.train_videos, val, _ = _action_data(cfg, ctx)
-        p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_val_fraction, val_seed=d.privacy_val_seed)
+        p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_validation_fraction, val_seed=d.privacy_validation_seed)
         self.images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
         self.weights = loss_weights(cfg)
-        self.action_ds = ActionClips(self.train_videos, _augment(cfg), clip_len=d.clip_len, skip=d.skip,
+        self.action_ds = ActionClips(self.train_videos, _augment(cfg), clip_len=cfg.clip.clip_len, skip=cfg.clip.skip,
                                      triplet=self.weights.temporal, negative_distance=cfg.loss.negative_distance,
                                      negative_min_gap=cfg.loss.negative_min_gap)
         self.image_ds = ImageViews(self.images_train, _augment(cfg))

@@ -369,7 +369,7 @@ def test_missing_init_checkpoint_names_file_and_key(init_runs, tiny_world, capsy
 
 def test_empty_split_stops_before_training(tiny_world, tmp_path, capsys):
     rc = main(["--config", str(CONFIGS / "budget_ssl.yaml"), *paths_args(tiny_world, tmp_path), *FAST,
-               "data.privacy_val_fraction=0.01"])
+               "data.privacy_validation_fraction=0.01"])
     assert rc == 2
     assert "privacy validation split" in capsys.readouterr().err
     assert not (tmp_path / "anonymization" / "budget" / "last.pt").exists()

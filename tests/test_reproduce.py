@@ -129,7 +129,7 @@ def test_end_to_end_on_a_tiny_world(tiny_paths, monkeypatch):
     cfg = load_config(ReproduceConfig, "configs/synthetic/reproduce/smoke.yaml", ["run.name=tiny", "run.device=cpu"], check_paths=False)
     # The tiny world has one training group per action class and a handful of items per split.
     cfg.overrides.anonymization += [
-        "data.action_val_by=video", "data.action_val_fraction=0.5", "data.privacy_val_fraction=0.25",
+        "data.action_validation_by=video", "data.action_validation_fraction=0.5", "data.privacy_validation_fraction=0.25",
         "optim.steps_per_epoch=2", "optim.batch_size=2", "optim.image_batch_size=4", "eval.budget_batch=6",
         "eval.grid_images=3",
     ]

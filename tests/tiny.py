@@ -13,8 +13,8 @@ ANONYMIZATION_SIZE = 32
 # Tiny and quick: 1 epoch of 2 steps, small batches, per-video validation carve (the tiny world has
 # one train group per class).
 ANONYMIZATION_FAST = [
-    "data.action_val_by=video", "data.action_val_fraction=0.5", "data.privacy_val_fraction=0.25",
-    f"data.size={ANONYMIZATION_SIZE}", "model.anonymizer=unet_tiny", "model.anonymizer_width=null", "optim.epochs=1",
+    "data.action_validation_by=video", "data.action_validation_fraction=0.5", "data.privacy_validation_fraction=0.25",
+    f"clip.resolution={ANONYMIZATION_SIZE}", "model.anonymizer=unet_tiny", "model.anonymizer_width=null", "optim.epochs=1",
     "optim.steps_per_epoch=2", "optim.batch_size=2", "optim.image_batch_size=4", "eval.budget_batch=6", "eval.grid_images=3",
     "run.log_every=1",
 ]

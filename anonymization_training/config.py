@@ -138,26 +138,22 @@ class LossSection:
 class OptimSection:
     """Adam for every model (the schedule section sets the lr of the single-model tasks)."""
 
-    epochs: int = opt(80, "Training epochs (minimax: paper max_anon_epoch 80).")
-    batch_size: int = opt(8, "Clips per step (minimax: per step, each step its own batch), frames per step for identity.")
+    epochs: int = shared("optim.epochs", 80)  # minimax: the paper's max_anon_epoch
+    batch_size: int = shared("optim.batch_size", 8)  # clips (minimax: each half its own batch); identity: frames
     image_batch_size: int = opt(8, "Privacy images per step (budget_ssl, minimax's L_B; the identity task mixes them in as well).")
-    steps_per_epoch: Optional[int] = opt(
-        None,
-        "Steps (minimax: Step-1 + Step-2 pairs) per epoch. null: one pass over the action train videos "
-        "(minimax: two batches per pair) or, for budget_ssl, over the privacy train images.",
-    )
-    lr: float = opt(1e-4, "Learning rate of the single model trained by utility_pretrain / identity / budget_ssl.")
+    steps_per_epoch: Optional[int] = shared("optim.steps_per_epoch", None)
+    lr: float = shared("optim.lr", 1e-4)  # the single-model tasks; the minimax has one lr per model
     lr_anonymizer: float = opt(1e-4, "minimax: fA learning rate (paper 1e-4; public code 4e-6).")
     lr_utility: float = opt(1e-4, "minimax: fT + embedding head learning rate (paper 1e-4; public code 1e-5).")
     lr_budget: float = opt(1e-4, "minimax: fB learning rate (paper 1e-4; public code 1e-5).")
-    weight_decay: float = opt(0.0, "Adam weight decay.")
+    weight_decay: float = shared("optim.weight_decay", 0.0)
 
 
 @dataclass
 class EvalSection:
     """Validation cadence, checkpoint selection and the image grid."""
 
-    every: int = opt(1, "Validate every N epochs (and always after the last epoch).")
+    every: int = shared("eval.every", 1)
     select: Literal["tradeoff", "action_top1", "budget_acc"] = opt(
         "tradeoff",
         "minimax selection rule on the validation splits (epoch 0, the untrained inits, is recorded but not "
@@ -175,7 +171,7 @@ class EvalSection:
 class AnonymizationConfig:
     """Stage 1: train the anonymizer fA (and its adversaries fT, fB) for privacy-preserving action features."""
 
-    task: Task = opt("minimax", "utility_pretrain | identity | budget_ssl | minimax (see module docstring).")
+    task: Task = shared("task", "minimax")
     paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
     run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
     data: DataSection = opt(DataSection(), "Datasets, splits and training augmentation.")

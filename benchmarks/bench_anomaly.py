@@ -1,7 +1,7 @@
 """Benchmark: stage 4's MGFN training loop versus a plain reference loop, same data, CPU.
 
-    python scripts/bench_anomaly.py                      # paper-size MGFN, 2048-d features
-    python scripts/bench_anomaly.py --preset tiny --dim 64 --epochs 5
+    python -m benchmarks.bench_anomaly                   # paper-size MGFN, 2048-d features
+    python -m benchmarks.bench_anomaly --preset tiny --dim 64 --epochs 5
 
 Builds a fake feature set (UCF-Crime-like clip counts) once, then runs each variant in
 its own process, so that peak RSS (ru_maxrss) belongs to that variant alone:
@@ -11,10 +11,12 @@ its own process, so that peak RSS (ru_maxrss) belongs to that variant alone:
   Python loop in float64 and appends the magnitude, on every access; default-collate
   DataLoaders (shuffle=True) zipped together; evaluation re-reading each video from disk;
   per-frame ground truth built frame by frame.
-- stage: anomaly_detection's own functions: features checked and resampled once at load
-  time into one float32 tensor per class, batches gathered by index, fused Adam,
-  evaluation from cached float32 features under inference_mode.
-- stage_bf16: the same with ``optim.precision: bf16`` (MGFN forward under bf16 autocast,
+- stage: the stage's own training code: its MGFNTask (features checked and resampled once
+  at load time into one float32 tensor per class, batches gathered by index, fused Adam)
+  stepped through ``task.batches(epoch)`` + ``task.train_step(batch, stepper)`` with the
+  one loop's Stepper (aux_code.fit), validation by ``task.validate`` (cached float32
+  features under inference_mode); only the timing loop is the benchmark's.
+- stage_bf16: the same with ``precision: bf16`` (MGFN forward under bf16 autocast,
   loss in fp32); fast where the CPU has AVX512-BF16 / AMX.
 
 Both use the same model (aux_code.models.mgfn), loss, optimiser, initial weights,
@@ -166,37 +168,54 @@ def run_reference(args: argparse.Namespace) -> dict:
 
 
 def run_stage(args: argparse.Namespace) -> dict:
+    """The stage's own code: its MGFNTask (built from an AnomalyConfig), its Stepper, timed epoch by epoch."""
     torch, info = _common(args)
-    from anomaly_detection.data import epoch_batches, load_anomaly_data
-    from anomaly_detection.evaluate import frame_arrays, score_videos, selection_metric
-    from anomaly_detection.train import loss_options, train_epoch
-    from anomaly_detection.config import AnomalyConfig
+    from types import SimpleNamespace
+
+    from anomaly_detection.config import AnomalyConfig, headline_metric
+    from anomaly_detection.data import load_anomaly_data
+    from anomaly_detection.evaluate import frame_arrays, score_videos
+    from anomaly_detection.train import MGFNTask
+    from aux_code.config import load_config
+    from aux_code.fit import Stepper
     from aux_code.metrics import frame_auc
+    from aux_code.precision import Precision
     from aux_code.runtime import DistInfo
 
-    precision = "bf16" if args.child == "stage_bf16" else "fp32"
+    precision_mode = "bf16" if args.child == "stage_bf16" else "fp32"
+    cfg = load_config(AnomalyConfig, None, [
+        f"model.preset={args.preset}", f"model.feature_dim={args.dim}", f"optim.batch_per_class={args.batch}",
+        "optim.lr=1e-3", "optim.weight_decay=5e-4", f"optim.epochs={args.epochs}",
+        f"data.validation_fraction={args.val_fraction}", f"precision={precision_mode}", "run.device=cpu", "run.seed=0",
+    ], check_paths=False)
+    device = torch.device("cpu")
     t0 = time.perf_counter()
-    data = load_anomaly_data(args.features, feature_dim=args.dim, validation_fraction=args.val_fraction, seed=0)
+    data = load_anomaly_data(args.features, feature_dim=args.dim, num_segments=cfg.data.num_segments,
+                             validation_fraction=args.val_fraction, seed=0, cache_eval=cfg.data.cache_eval)
     setup = time.perf_counter() - t0
-    model, optimizer = _model(args)
-    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    loss_kwargs = loss_options(AnomalyConfig())
+    precision = Precision(precision_mode, device)
+    # The task needs only the distributed layout of a run context while it trains and validates.
+    ctx = SimpleNamespace(dist=DistInfo(rank=0, world_size=1, local_rank=0, device=device))
+    task = MGFNTask(cfg, data, headline_metric(cfg.eval.metric, data.info.dataset), ctx, precision)
+    reference_init, _ = _model(args)
+    task.model.load_state_dict(reference_init.state_dict())  # same initial weights in every variant
+    stepper = Stepper(precision, stage="bench")
     train_times, eval_times, data_times = [], [], []
     for epoch in range(args.epochs):
-        # The data side of train_epoch alone (plan the epoch, gather every batch), timed apart.
         t0 = time.perf_counter()
-        n_normal, n_abnormal = len(data.train.normal_names), len(data.train.abnormal_names)
-        for ni, ai in epoch_batches(n_normal, n_abnormal, batch_per_class=args.batch, epoch=epoch, seed=0):
+        for i, batch in enumerate(task.batches(epoch)):
+            stepper.step = i + 1
+            task.train_step(batch, stepper)
+        train_times.append(time.perf_counter() - t0)
+        # The data side of an epoch alone (plan the epoch, gather every batch), timed apart.
+        t0 = time.perf_counter()
+        for ni, ai in task.batches(epoch):
             torch.cat([data.train.normal[torch.from_numpy(ni)], data.train.abnormal[torch.from_numpy(ai)]])
         data_times.append(time.perf_counter() - t0)
-        stats = train_epoch(model, optimizer, data, epoch=epoch, batch_per_class=args.batch, seed=0, dist=dist,
-                            loss_kwargs=loss_kwargs, precision=precision)
-        train_times.append(stats["epoch_time_s"])
         t0 = time.perf_counter()
-        scores = score_videos(model, data, data.validation, device=dist.device, precision=precision)
-        selection_metric("video_auc", data.validation, scores, data.clip_span)
+        task.validate(epoch + 1)
         eval_times.append(time.perf_counter() - t0)
-    scores = score_videos(model, data, data.test, device=dist.device, precision=precision)
+    scores = score_videos(task.model, data, data.test, device=device, precision=precision)
     auc = frame_auc(*frame_arrays(data.test, scores.clip, data.clip_span))
     return {"setup_s": setup, "train_s": train_times, "data_s": data_times, "eval_s": eval_times, "test_auc": auc}
 
@@ -250,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):
         for variant in runs:
             proc = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--child", variant, *shared],
+                [sys.executable, "-m", "benchmarks.bench_anomaly", "--child", variant, *shared],
                 cwd=ROOT, env=env, capture_output=True, text=True,
             )
             if proc.returncode != 0:

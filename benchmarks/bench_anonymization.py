@@ -1,11 +1,13 @@
 """Benchmark of one minimax iteration (Step 1 + Step 2) of stage 1, against a plain reference loop.
 
-    python -m scripts.bench_anonymization [--sizes synthetic,paper] [--steps 5] [--paper-batch 1]
+    python -m benchmarks.bench_anonymization [--sizes synthetic,paper] [--steps 5] [--paper-batch 1]
 
 Two implementations of the same iteration (TeD-SPAD: CE + 0.1 * triplet, NT-Xent budget):
 
-* ``stage``: anonymization_training.steps (anchor/positive/negative concatenated into one fA and
-  one fT pass; frozen models skip their parameter gradients; Step 2 runs fA without a graph;
+* ``stage``: the stage's own steps, ``anonymizer_step`` then ``adversary_step`` of
+  anonymization_training.steps (what MinimaxTask.train_step calls), with the one loop's Stepper
+  (aux_code.fit) under ``--amp``'s precision (anchor/positive/negative concatenated into one fA
+  and one fT pass; frozen models skip their parameter gradients; Step 2 runs fA without a graph;
   losses vectorised);
 * ``reference``: the loop written the obvious way: three separate fA and fT passes per batch,
   Step 1 back-propagates into every model and then discards their gradients, Step 2 keeps fA's
@@ -31,9 +33,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZES = {
     "synthetic": {"anonymizer": "unet", "anonymizer_width": 8, "utility": "i3d_r50_tiny", "budget": "resnet_tiny", "frames": 8, "res": 32,
@@ -135,19 +140,21 @@ def reference_iteration(models, opts, action, images, action2, images2):
         o.zero_grad()
 
 
-def stage_iteration(models, opts, action, images, action2, images2, precision):
+def stage_iteration(models, opts, action, images, action2, images2, stepper):
     from anonymization_training.steps import LossWeights, adversary_step, anonymizer_step
 
     w = LossWeights(method="tedspad", omega=0.1, margin=1.0, temperature=0.1, w_t=0.7, w_b=1.0)
-    anonymizer_step(models, opts[0], action, images, weights=w, step=1, precision=precision)
-    adversary_step(models, opts[1], opts[2], action2, images2, weights=w, step=2, precision=precision)
+    stepper.step += 1
+    anonymizer_step(models, opts[0], action, images, weights=w, stepper=stepper)
+    adversary_step(models, opts[1], opts[2], action2, images2, weights=w, stepper=stepper)
 
 
 # --------------------------------------------------------------------------- worker / driver
 
 
 def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None, amp: str, res: int | None = None) -> dict:
-    from anonymization_training.steps import Precision
+    from aux_code.fit import Stepper
+    from aux_code.precision import Precision
 
     base_rss = _rss_mib()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -161,7 +168,8 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
     opts = (torch.optim.Adam(models.anonymizer.parameters(), lr=lr),
             torch.optim.Adam([*models.utility.parameters(), *models.embedding.parameters()], lr=lr),
             torch.optim.Adam(models.budget.parameters(), lr=lr))
-    precision = Precision(amp, device)
+    precision = Precision("fp32" if amp == "off" else amp, device)
+    stepper = Stepper(precision, stage="bench")
     action, images = batches(size, device, 1)
     action2, images2 = batches(size, device, 2)
     if device.type == "cuda":
@@ -172,7 +180,7 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
             torch.cuda.synchronize()
         start = time.perf_counter()
         if impl == "stage":
-            stage_iteration(models, opts, action, images, action2, images2, precision)
+            stage_iteration(models, opts, action, images, action2, images2, stepper)
         else:
             reference_iteration(models, opts, action, images, action2, images2)
         if device.type == "cuda":
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper-steps", type=int, default=1, help="timed steps at paper size (CPU: about a minute each)")
     parser.add_argument("--paper-batch", type=int, default=None, help="clips per step at paper size (default: 8 on CUDA, 1 on CPU)")
     parser.add_argument("--paper-res", type=int, default=224, help="input side at paper size (224; lower it only to fit a CPU's time)")
-    parser.add_argument("--amp", default="auto", help="stage precision on CUDA (auto | bf16 | fp16 | off)")
+    parser.add_argument("--amp", default="auto", help="stage precision (aux_code.precision: auto | fp32 | bf16 | fp16; 'off' = fp32); auto is fp32 on CPU")
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--res", type=int, default=None, help=argparse.SUPPRESS)
@@ -218,13 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in args.sizes.split(","):
         for impl in args.impls.split(","):
-            cmd = [sys.executable, "-m", "scripts.bench_anonymization", "--worker", size, impl, "--amp", args.amp]
+            cmd = [sys.executable, "-m", "benchmarks.bench_anonymization", "--worker", size, impl, "--amp", args.amp]
             if size == "paper":
                 batch = args.paper_batch or (8 if cuda else 1)
                 cmd += ["--batch", str(batch), "--res", str(args.paper_res), "--steps", str(args.paper_steps), "--warmup", "1" if cuda else "0"]
             else:
                 cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(f"{size}/{impl} failed:\n{out.stderr[-2000:]}")
                 continue

@@ -1,8 +1,8 @@
 """Benchmark: stage 3's extraction versus a reference loop written the obvious way, on CPU.
 
-    python scripts/bench_extraction.py                    # every case below
-    python scripts/bench_extraction.py --cases default    # only the embedded default
-    python scripts/bench_extraction.py --repeats 2 --json bench.json
+    python -m benchmarks.bench_extraction                    # every case below
+    python -m benchmarks.bench_extraction --cases default    # only the embedded default
+    python -m benchmarks.bench_extraction --repeats 2 --json bench.json
 
 Each measurement runs in its own process, so its peak RSS (ru_maxrss) belongs to it alone;
 variants are interleaved and the best of ``--repeats`` is kept (the machine is shared).
@@ -15,8 +15,9 @@ variants are interleaved and the best of ``--repeats`` is kept (the machine is s
 
 Cases:
 - default: the embedded default, ``python -m feature_extraction`` on the synthetic UCF-Crime
-  analogue (60 videos of 96-320 frames at 80x96, 64 px input, i3d_r50_tiny), the stage's
-  whole run (manifest, lists, results) against the reference over the same videos;
+  analogue (``--data``; clip layout and input size from configs/synthetic/extraction/default.yaml,
+  i3d_r50_tiny), the stage's whole run (manifest, lists, results) against the reference over
+  the same videos and clips;
 - full: one short 320x240 H.264 video (``--full-frames`` 320: 10 clips) at 16x224x224
   through the full-size I3D-R50 (random weights: speed does not depend on them), the stage
   batching ``--batch`` clips;
@@ -88,7 +89,8 @@ def _scene_video(path: Path, num_frames: int, height: int = 240, width: int = 32
     write_video(path, frames(), codec=codec)
 
 
-def reference_video(path: Path, model, out_path: Path, *, resolution: int, clip_len: int = 16, skip: int = 2) -> int:
+def reference_video(path: Path, model, out_path: Path, *, resolution: int, clip_len: int = 16, skip: int = 2,
+                    crop_scale: float = 0.8) -> int:
     """The obvious loop for one video; returns its clip count."""
     import torch
 
@@ -97,7 +99,7 @@ def reference_video(path: Path, model, out_path: Path, *, resolution: int, clip_
     from aux_code.video import iter_frames
 
     frames = np.stack(list(iter_frames(path)))  # the whole video in memory
-    transform = ClipEval(resolution, scale=0.8)
+    transform = ClipEval(resolution, scale=crop_scale)
     feats = []
     with torch.no_grad():
         for start in extraction_starts(len(frames), clip_len=clip_len, skip=skip):
@@ -172,14 +174,16 @@ def child(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.case == "default":
+        from aux_code.config import load_config
+        from feature_extraction.config import ExtractionConfig
+
+        # Both variants read the clip layout of the embedded default's config.
+        cfg = load_config(ExtractionConfig, ROOT / "configs/synthetic/extraction/default.yaml",
+                          [f"paths.runs={args.runs}", f"paths.ucf_crime={args.data}", "run.resume=false",
+                           f"run.name={out.name}"])
         if args.variant == "stage":
-            from aux_code.config import load_config
-            from feature_extraction.config import ExtractionConfig
             from feature_extraction.pipeline import run
 
-            cfg = load_config(ExtractionConfig, ROOT / "configs/synthetic/extraction/default.yaml",
-                              [f"paths.runs={args.runs}", f"paths.ucf_crime={args.data}", "run.resume=false",
-                               f"run.name={out.name}"])
             setup_rss = _rss_mb()
             started, cpu_start = time.perf_counter(), _cpu_seconds()
             if run(cfg) != 0:
@@ -197,7 +201,8 @@ def child(args: argparse.Namespace) -> dict:
             clips = 0
             for split in ("train", "test"):
                 for item in adapter.items(split):
-                    clips += reference_video(item.path, model, out / f"{item.name}.npy", resolution=64)
+                    clips += reference_video(item.path, model, out / f"{item.name}.npy", resolution=cfg.clip.resolution,
+                                             clip_len=cfg.clip.clip_len, skip=cfg.clip.skip, crop_scale=cfg.clip.crop_scale)
             seconds = time.perf_counter() - started
     elif args.case == "ceiling":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -229,7 +234,7 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def spawn(args: argparse.Namespace, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_extraction", "--child", "--threads", str(args.threads)]
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
@@ -251,7 +256,7 @@ def best(runs: list[dict]) -> dict:
     return dict(top, peak_rss_mb=min(r["peak_rss_mb"] for r in runs))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="default,full,length", help="comma list of default, full, length, ceiling")
     parser.add_argument("--repeats", type=int, default=2)
@@ -266,7 +271,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("case", "variant", "out", "runs", "video", "model"):  # --batch and --workers are shared
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args)))
         return

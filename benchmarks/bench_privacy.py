@@ -3,7 +3,9 @@
 Without the cache every epoch decodes the training images, applies the person boxes and runs
 the frozen anonymizer before the target model sees them (what the public code does, inside
 its DataLoader); with it, an epoch reads uint8 tensors that were anonymized once. Measured
-here, on the real code paths (privacy_training.data.prepare_split, target.train_epoch):
+here, on the real code paths: privacy_training.data.prepare_split, and the stage's TargetTask
+(built from a PrivacyConfig) stepped through ``task.batches(epoch)`` +
+``task.train_step(batch, stepper)`` with the one loop's Stepper (aux_code.fit):
 
   uncached epoch = prepare(train split) + train epoch
   cached epoch   = train epoch            (+ one cache load per run, reported apart)
@@ -17,7 +19,7 @@ Cases:
 The anonymizer is a freshly initialised UNet stored as a stage-1 checkpoint (a trained one
 costs the same). Usage:
 
-  python -m scripts.bench_privacy [--cases default paper] [--paper-images 64] [--repeats 3] [--threads 2]
+  python -m benchmarks.bench_privacy [--cases default paper] [--paper-images 64] [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ import torch
 
 from aux_code.anonymizers import AnonymizerSection, build_frame_anonymizer
 from aux_code.checkpoint import save_checkpoint
-from aux_code.config import PROJECT_ROOT
+from aux_code.config import PROJECT_ROOT, load_config
+from aux_code.fit import Stepper
 from aux_code.datasets.vispr import VISPR
 from aux_code.models import build_anonymizer, build_target
 from aux_code.models.stored import pack_model
+from aux_code.precision import Precision
+from privacy_training.config import PrivacyConfig
 from privacy_training.data import prepare_split
-from privacy_training.target import train_epoch
+from privacy_training.target import TargetTask
 
 CASES = {
     "default": {"anonymizer": "unet_tiny", "resolution": 64, "target": "resnet_tiny", "batch": 32, "images": None},
@@ -67,15 +72,24 @@ def bench_case(name: str, spec: dict, *, vispr_root: Path, repeats: int, paper_i
             t0 = time.perf_counter()
             torch.load(path, map_location="cpu", weights_only=True)
             load_s.append(time.perf_counter() - t0)
-            target = build_target(name=spec["target"], num_classes=7)
-            optimizer = torch.optim.Adam(target.parameters(), lr=1e-3)
+            cfg = load_config(PrivacyConfig, None, [
+                f"optim.batch_size={spec['batch']}", "optim.lr=1e-3", "optim.epochs=2", "augment.min_crop_scale=0.85",
+                "augment.flip=true", f"run.seed={r}", "run.device=cpu"], check_paths=False)
+            target_spec = {"name": spec["target"], "num_classes": len(dataset.attributes)}
+            held_out = (split.images[:2], split.labels[:2].numpy())  # validation / test: unused here
+            task = TargetTask(build_target(**target_spec), target_spec, images=split.images, labels=split.labels,
+                              val=held_out, test=held_out, attributes=dataset.attributes, cache_key="bench", cfg=cfg,
+                              device=device, extra=lambda report: {})
+            stepper = Stepper(Precision("fp32", device), stage="bench")
             # Epoch 0 pays one-off kernel set-up; the second epoch is the steady state.
             for epoch in range(2):
-                stats = train_epoch(
-                    target, optimizer, split.images, split.labels, batch_size=spec["batch"], min_crop_scale=0.85, flip=True,
-                    generator=torch.Generator().manual_seed(r), epoch=epoch,
-                )
-            epoch_s.append(stats["epoch_time_s"])
+                task.schedule.start_epoch(epoch)
+                t0 = time.perf_counter()
+                for i, batch in enumerate(task.batches(epoch)):
+                    stepper.step += 1
+                    task.train_step(batch, stepper)
+                seconds = time.perf_counter() - t0
+            epoch_s.append(seconds)
         prep, ep, load = statistics.median(prepare_s), statistics.median(epoch_s), statistics.median(load_s)
         return {
             "case": name,
@@ -92,14 +106,14 @@ def bench_case(name: str, spec: dict, *, vispr_root: Path, repeats: int, paper_i
         }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["default", "paper"], choices=sorted(CASES))
     parser.add_argument("--vispr", default=str(PROJECT_ROOT / "data" / "synthetic" / "VISPR"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--paper-images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.cases:

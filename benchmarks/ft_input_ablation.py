@@ -1,12 +1,20 @@
 """Why the synthetic world's tiny fT sees frame differences: RGB versus difference input.
 
-    python -m scripts.ft_input_ablation                  # both inputs, 1500 steps each
-    python -m scripts.ft_input_ablation --inputs rgb --steps 3000
+    python -m benchmarks.ft_input_ablation                       # both inputs, stage 1's utility_pretrain recipe
+    python -m benchmarks.ft_input_ablation --inputs rgb optim.epochs=120 --runs runs/ft_ablation
 
-Trains the tiny I3D-R50 (``i3d_r50_tiny``: width 8, pytorchvideo stem) from scratch on the
-synthetic UCF101 analogue with stage 1's clips and augmentation, once per input, and prints
-video-level top-1 (stage 1's evaluate_action) on the validation groups (carved from the train list) and on testlist01
-every quarter of the run. Nothing is written; one torch thread per run.
+Runs stage 1's ``utility_pretrain`` task itself (``anonymization_training.run``, i.e. the one
+training loop ``aux_code.fit.fit``) once per input, with the config file (default: the embedded
+default, configs/synthetic/anonymization/utility_pretrain.yaml: the tiny I3D-R50 from scratch,
+stage 1's clips and augmentation, Adam and the schedule section) and the overrides
+``model.utility_clip_input=<input>`` plus any ``key=value`` given here (the stage's own
+vocabulary; ``python -m anonymization_training --help-config`` lists them). Prints video-level
+top-1 on the validation groups (carved from the train list) at every validation, and the
+selected epoch's validation and testlist01 top-1 (the stage's results.json).
+
+Runs go to ``--runs`` (``<runs>/anonymization/ft_input_<input>``; a rerun there resumes or
+reuses them), or to a temporary folder that is deleted afterwards. One torch thread per run
+by default (``--threads``).
 
 On the default world (seed 0) an RGB input learns the people and places of the training
 groups first and the motion hardly at all; the difference input learns the actions
@@ -16,81 +24,74 @@ groups first and the motion hardly at all; the difference input learns the actio
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from anonymization_training.data import (
-    ActionClips,
-    EvalClips,
-    VideoSource,
-    eval_transform,
-    load_action_splits,
-    loader,
-    train_transform,
-)
-from anonymization_training.steps import Precision
-from anonymization_training.train import evaluate_action
-from aux_code.config import PROJECT_ROOT
-from aux_code.models import build_utility
+from anonymization_training.config import AnonymizationConfig
+from anonymization_training.train import run
+from aux_code.checkpoint import load_checkpoint
+from aux_code.config import PROJECT_ROOT, load_config
+from aux_code.training import LAST
+
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "synthetic" / "anonymization" / "utility_pretrain.yaml"
 
 
-def top1(model: torch.nn.Module, source: VideoSource, *, size: int, clip_len: int, skip: int) -> float:
-    """Stage 1's video-level top-1 (clip logits averaged per video), 3 clips per video; leaves the model training."""
-    clips = EvalClips(source, eval_transform(size, scale=0.8), clip_len=clip_len, skip=skip, clips_per_video=3)
-    cpu = torch.device("cpu")
-    result = evaluate_action(None, model, loader(clips, batch_size=16), num_videos=len(source), device=cpu,
-                             precision=Precision("off", cpu))
-    model.train()
-    return result["top1"]
+def ablation_config(config: str | Path, clip_input: str, *, runs: Path, overrides: list[str]) -> AnonymizationConfig:
+    """Stage 1's config for one input: the file, then this ablation's keys, then the user's overrides."""
+    cfg = load_config(AnonymizationConfig, config, [
+        f"paths.runs={runs}", f"run.name=ft_input_{clip_input}", f"model.utility_clip_input={clip_input}", *overrides,
+    ])
+    if cfg.task != "utility_pretrain":
+        raise SystemExit(f"ft_input_ablation: {config} sets task {cfg.task!r}; it needs task utility_pretrain")
+    return cfg
 
 
-def train_one(clip_input: str, args: argparse.Namespace, splits, sources: dict[str, VideoSource]) -> None:
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    model = build_utility(name="i3d_r50_tiny", num_classes=len(splits.classes), clip_input=clip_input, dropout=0.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    train = ActionClips(sources["train"], train_transform(args.size, scale=(0.7, 0.9), jitter_p=0.3, erase_p=0.0),
-                        clip_len=args.clip_len, skip=args.skip)
+def run_one(cfg: AnonymizationConfig) -> dict:
+    """The stage's run; returns its results with the per-validation history of its last.pt and the wall time."""
     started = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        items = [train[(int(i), int(rng.integers(1 << 30)))] for i in rng.integers(len(train.source), size=args.batch)]
-        clips = torch.stack([it["clip"] for it in items])
-        labels = torch.tensor([it["label"] for it in items])
-        logits, _ = model(clips)
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % max(1, args.steps // 4) == 0:
-            shape = dict(size=args.size, clip_len=args.clip_len, skip=args.skip)
-            print(f"{clip_input:10s} step {step:5d}: val top-1 {top1(model, sources['val'], **shape):.3f}, "
-                  f"testlist01 top-1 {top1(model, sources['test'], **shape):.3f} ({time.perf_counter() - started:.0f} s)",
-                  flush=True)
+    results = run(cfg)
+    seconds = time.perf_counter() - started
+    history = load_checkpoint(Path(results["run_dir"]) / LAST, what="ablation run")["history"]
+    return {"results": results, "seconds": seconds,
+            "val_top1": {h["epoch"]: h["val_top1"] for h in history if "val_top1" in h}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default=str(PROJECT_ROOT / "data" / "synthetic" / "UCF101"), help="UCF101-layout root")
+def table(rows: dict[str, dict]) -> str:
+    epochs = sorted({e for r in rows.values() for e in r["val_top1"]})
+    head = "| input | " + " | ".join(f"epoch {e}" for e in epochs) + " | selected: val / testlist01 top-1 | time |"
+    lines = [head, "|" + "---|" * (len(epochs) + 3)]
+    for clip_input, r in rows.items():
+        res = r["results"]
+        cells = [f"{100 * r['val_top1'][e]:.1f}" if e in r["val_top1"] else "" for e in epochs]
+        selected = f"epoch {res['selection']['epoch']}: {100 * res['selected']['top1']:.1f} / {100 * res['test_top1']:.1f}"
+        lines.append(f"| {clip_input} | " + " | ".join(cells) + f" | {selected} | {r['seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Cells: validation video top-1 (%) per evaluated epoch.")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="stage-1 config overrides applied to every run")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="stage-1 config file (task utility_pretrain)")
     p.add_argument("--inputs", nargs="+", default=["rgb", "difference"], choices=["rgb", "difference"])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--clip-len", type=int, default=8)
-    p.add_argument("--skip", type=int, default=2)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", default=None, help="UCF101-layout root (paths.ucf101; default: configs/paths.yaml's)")
+    p.add_argument("--runs", default=None, help="keep the runs under this paths.runs (default: a temporary folder)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    splits = load_action_splits(args.root, fold=1, val_fraction=0.34, val_seed=0, by="group")
-    sources = {k: VideoSource(getattr(splits, k), cache=True) for k in ("train", "val", "test")}
-    print(f"{len(splits.classes)} classes; {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test videos")
-    for clip_input in args.inputs:
-        train_one(clip_input, args, splits, sources)
+    torch.set_num_threads(args.threads)
+    overrides = ([f"paths.ucf101={args.root}"] if args.root else []) + list(args.overrides)
+    with tempfile.TemporaryDirectory(prefix="ft_input_ablation_") as tmp:
+        runs = Path(args.runs).resolve() if args.runs else Path(tmp)
+        rows = {}
+        for clip_input in args.inputs:
+            cfg = ablation_config(args.config, clip_input, runs=runs, overrides=overrides)
+            rows[clip_input] = run_one(cfg)
+    print(f"\nfT input ablation: {args.config} {' '.join(overrides)} (stage 1's utility_pretrain through fit)")
+    print(table(rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

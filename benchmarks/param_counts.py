@@ -1,9 +1,11 @@
 """Print the parameter counts of the full-size models (docs/weights.md quotes this output).
 
-    python -m scripts.param_counts
+    python -m benchmarks.param_counts
 """
 
 from __future__ import annotations
+
+import argparse
 
 from torch import nn
 
@@ -29,7 +31,8 @@ def rows() -> list[tuple[str, str, int, int]]:
     return [(role, what, *count(m)) for role, what, m in models]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     print(f"{'model':8s} {'description':50s} {'parameters':>12s} {'trainable':>12s}")
     for role, what, total, trainable in rows():
         print(f"{role:8s} {what:50s} {total:>12,d} {trainable:>12,d}")

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+from aux_code.config import ConfigError, PathsConfig, TrainRunConfig, opt, resolve_under
 from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
 from aux_code.schedule import ScheduleSection
+from aux_code.sections import shared
 
 # The headline frame-level metric each benchmark reports (REFERENCE.md section 1, step 5).
 DATASET_METRIC: dict[str, str] = {"ucf_crime": "auc", "shanghaitech": "auc", "xd_violence": "ap"}
@@ -28,17 +29,13 @@ class DataSection:
         "Feature directory written by feature extraction (manifest.json + one .npy per video); "
         "a relative path resolves under paths.runs.",
     )
-    dataset: Optional[str] = opt(
+    expected_dataset: Optional[str] = opt(
         None,
         "Expected dataset of the feature set (ucf_crime, xd_violence, shanghaitech, ...); when set, a "
         "manifest of another dataset is an error. null accepts whatever the manifest says.",
     )
     num_segments: int = opt(32, "Segments each training video is resampled to (MGFN/RTFM process_feat).")
-    validation_fraction: float = opt(
-        0.1,
-        "Fraction of the training videos of each label held out for model selection (stratified). "
-        "0 disables validation: the last epoch is then the selected one. The test set is never used to select.",
-    )
+    validation_fraction: float = shared("validation_fraction", 0.1)  # stratified by label
     cache_eval: bool = opt(
         True,
         "Keep validation and test features in memory between evaluations (else re-read them from disk "
@@ -50,7 +47,7 @@ class DataSection:
 class ModelSection:
     """MGFN size and its top-k selection (REFERENCE.md section 2)."""
 
-    preset: Literal["paper", "tiny"] = opt("paper", "MGFN size: 'paper' (28.65 M parameters at 2048-d) or 'tiny' (CPU tests, synthetic world).")
+    preset: Literal["paper", "tiny"] = shared("model.preset", "paper")  # paper: 28.65 M parameters at 2048-d
     feature_dim: Optional[int] = opt(
         2048,
         "Feature dimension D the model expects (without the magnitude channel); must equal the manifest's "
@@ -73,7 +70,7 @@ class LossSection:
         "Which half the sparsity term acts on: 'abnormal' (the author's version, RTFM lineage) or 'normal' "
         "(a later change of the public code).",
     )
-    margin: float = opt(200.0, "Margin of the magnitude-contrastive separation between abnormal and normal top-k L1 magnitudes.")
+    contrastive_margin: float = opt(200.0, "Margin of the magnitude-contrastive separation between abnormal and normal top-k L1 magnitudes.")
     separation_weight: float = opt(1e-6, "Weight of the separation term (MGFN: 1e-3 * 1e-3).")
     compact_weight: float = opt(1e-3, "Weight of each same-class compactness term.")
 
@@ -82,9 +79,9 @@ class LossSection:
 class OptimSection:
     """Adam and the epoch loop."""
 
-    lr: float = opt(1e-3, "Adam learning rate.")
-    weight_decay: float = opt(5e-4, "Adam weight decay.")
-    epochs: int = opt(100, "Training epochs; one epoch covers every training video of the larger class once.")
+    lr: float = shared("optim.lr", 1e-3)
+    weight_decay: float = shared("optim.weight_decay", 5e-4)
+    epochs: int = shared("optim.epochs", 100)  # an epoch covers every training video of the larger class once
     batch_per_class: int = opt(
         16,
         "Normal and abnormal videos per step and per process (16 + 16 in MGFN); capped at the smaller "
@@ -107,7 +104,7 @@ class SasSection:
 class EvalSection:
     """Validation, test metrics, online scoring and what is written for inspection."""
 
-    every: int = opt(1, "Evaluate on the validation split every N epochs (and always after the last epoch).")
+    every: int = shared("eval.every", 1)
     metric: Optional[Literal["auc", "ap"]] = opt(
         None,
         "Headline test metric: 'auc' (frame ROC AUC: UCF-Crime, ShanghaiTech) or 'ap' (frame average "
@@ -124,7 +121,7 @@ class EvalSection:
         "Rescale each video's clip scores by (x - median) / (p99 - p1) (LUSS-AE) before the frame metrics.",
     )
     sas: SasSection = opt(SasSection(), "Online scoring of the test videos (SAS and video-level F1).")
-    plot_videos: int = opt(4, "Test videos whose per-frame score curves are drawn as PNG (anomalous ones first).")
+    plot_videos: int = shared("eval.plot_videos", 4)
 
 
 @dataclass
@@ -132,17 +129,13 @@ class AnomalyConfig:
     """Stage 4: train MGFN on extracted clip features, select on validation, report test metrics."""
 
     paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
-    run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
+    run: TrainRunConfig = opt(TrainRunConfig(), "Run name, seed, device, resume, logging.")
     data: DataSection = opt(DataSection(), "Feature set and the validation split.")
     model: ModelSection = opt(ModelSection(), "MGFN.")
     loss: LossSection = opt(LossSection(), "MGFN loss.")
     optim: OptimSection = opt(OptimSection(), "Optimiser and epochs.")
     schedule: ScheduleSection = opt(ScheduleSection(), "Learning-rate schedule of MGFN (the paper's: none, the default).")
-    precision: PrecisionMode = opt(
-        "fp32",
-        PRECISION_HELP + " MGFN's forward in training and scoring; the loss stays fp32. On a CPU with AVX512-BF16 "
-        "bf16 is about 1.5x faster per paper-size epoch at the same AUC (docs/benchmarks.md).",
-    )
+    precision: PrecisionMode = opt("fp32", PRECISION_HELP)  # bf16: about 1.5x per paper-size epoch with AVX512-BF16 (docs/benchmarks.md)
     eval: EvalSection = opt(EvalSection(), "Evaluation and outputs.")
 
     def required_paths(self) -> list[str]:

@@ -250,7 +250,7 @@ def load_anomaly_data(
     manifest = feature_dir / "manifest.json"
     if dataset is not None and info.dataset != dataset:
         raise AnomalyDataError(
-            f"data.dataset = {dataset!r} (config) but {manifest} holds features of {info.dataset!r}"
+            f"data.expected_dataset = {dataset!r} (config) but {manifest} holds features of {info.dataset!r}"
         )
     if feature_dim is not None and feature_dim != info.feature_dim:
         raise AnomalyDataError(

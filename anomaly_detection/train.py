@@ -50,7 +50,7 @@ def loss_options(cfg: AnomalyConfig) -> dict:
         "smoothness_weight": lc.smoothness_weight,
         "sparsity_weight": lc.sparsity_weight,
         "sparsity_target": lc.sparsity_target,
-        "margin": lc.margin,
+        "margin": lc.contrastive_margin,
         "separation_weight": lc.separation_weight,
         "compact_weight": lc.compact_weight,
     }
@@ -177,7 +177,7 @@ def run(cfg: AnomalyConfig) -> dict:
     data = load_anomaly_data(
         cfg.feature_dir(),
         feature_dim=cfg.model.feature_dim,
-        dataset=cfg.data.dataset,
+        dataset=cfg.data.expected_dataset,
         num_segments=cfg.data.num_segments,
         validation_fraction=cfg.data.validation_fraction,
         seed=cfg.run.seed,

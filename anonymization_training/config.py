@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+from aux_code.config import ConfigError, LoaderTrainRunConfig, PathsConfig, opt, resolve_under
 from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
 from aux_code.schedule import ScheduleSection
 from aux_code.sections import ClipSection, shared
@@ -173,7 +173,7 @@ class AnonymizationConfig:
 
     task: Task = shared("task", "minimax")
     paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
-    run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
+    run: LoaderTrainRunConfig = opt(LoaderTrainRunConfig(), "Run name, seed, device, resume, logging, loader workers.")
     data: DataSection = opt(DataSection(), "Datasets, splits and training augmentation.")
     clip: ClipSection = opt(ClipSection(), "Clip geometry of fT's input (and fA's / fB's frame size).")
     model: ModelSection = opt(ModelSection(), "Architectures and fresh-init weights.")

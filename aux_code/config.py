@@ -71,15 +71,35 @@ class PathsConfig:
 
 @dataclass
 class RunConfig:
-    """What every stage needs to run: where, with which seed, on which device."""
+    """What every stage needs to run: where, with which seed, on which device. The subclasses add the
+    run.* keys only some stages honour, so --help-config never lists a key its stage ignores."""
 
     name: str = opt("default", "Run name; the run directory is <paths.runs>/<stage>/<name>.")
     seed: int = opt(0, "Seed for python, numpy, torch and DataLoader workers (rank is added).")
     deterministic: bool = opt(False, "Use deterministic algorithms for exact reruns (slower).")
     device: str = opt("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
-    num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process).")
     resume: bool = opt(True, "Continue from the last checkpoint in the run directory if there is one.")
-    log_every: int = opt(10, "Log training metrics every N steps.")
+
+
+@dataclass
+class TrainRunConfig(RunConfig):
+    """A training stage's run keys: the loop logs step metrics."""
+
+    log_every: int = opt(10, "Log training metrics every N steps (0: epoch records only).")
+
+
+@dataclass
+class LoaderRunConfig(RunConfig):
+    """A stage that reads its data through worker processes."""
+
+    num_workers: int = opt(0, "Data-loading worker processes (0 = load in the main process).")
+
+
+@dataclass
+class LoaderTrainRunConfig(TrainRunConfig):
+    """Stage 1: a training stage that reads clips through worker processes."""
+
+    num_workers: int = opt(0, "Data-loading worker processes (0 = load in the main process).")
 
 
 # --------------------------------------------------------------------------- loading

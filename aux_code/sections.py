@@ -25,7 +25,7 @@ HELP = {
     "skip": "Read every skip-th frame: a clip spans clip_len * skip raw frames (paper: 2).",
     "resolution": "Side of the square model input after the centre crop, in pixels (paper: 224).",
     "crop_scale": "Centre crop as a fraction of the short side before resizing to clip.resolution (1.0: the largest centred square).",
-    "validation_fraction": "Fraction of the training items held out (seeded) to select the reported epoch; the test split is never used for selection.",
+    "validation_fraction": "Fraction of the training items held out (seeded) to select the reported epoch (0, where the stage allows it: no validation, the last epoch is reported); the test split never selects.",
     "validation_seed": "Seed of the validation carve (independent of run.seed, so every method sees the same split).",
     "optim.lr": "Adam learning rate of the trained model (the schedule section shapes it over epochs).",
     "optim.weight_decay": "Adam weight decay.",

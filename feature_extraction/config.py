@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aux_code.anonymizers import AnonymizerSection
-from aux_code.config import ConfigError, PathsConfig, RunConfig, opt
+from aux_code.config import ConfigError, LoaderRunConfig, PathsConfig, opt
 from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
-from aux_code.sections import ClipSection, UtilitySource
+from aux_code.sections import ClipSection, UtilitySource, shared
 
 DATASETS = ("ucf_crime", "xd_violence", "shanghaitech")
 
@@ -22,10 +22,7 @@ DATASETS = ("ucf_crime", "xd_violence", "shanghaitech")
 class DataSection:
     """Which anomaly dataset is read (its root is paths.<dataset>) and which of its splits."""
 
-    dataset: Literal["ucf_crime", "xd_violence", "shanghaitech"] = opt(
-        "ucf_crime",
-        "Anomaly dataset adapter; its root is paths.<dataset> (the synthetic analogue by default, see configs/paths.yaml).",
-    )
+    dataset: Literal["ucf_crime", "xd_violence", "shanghaitech"] = shared("data.dataset", "ucf_crime")
     splits: list[str] = opt(["train", "test"], "Splits whose videos are extracted ('train', 'test').")
     limit: Optional[int] = opt(
         None,
@@ -65,8 +62,8 @@ class ExtractionConfig:
     """Stage 3: anonymizer then utility model over every clip of an anomaly dataset, one .npy per video."""
 
     paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
-    run: RunConfig = opt(
-        RunConfig(),
+    run: LoaderRunConfig = opt(
+        LoaderRunConfig(),
         "Run name (output <paths.runs>/extraction/<run.name>), seed, device, resume, num_workers (PyAV decode "
         "worker processes; 0 = the main process).",
     )

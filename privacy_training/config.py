@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from aux_code.anonymizers import AnonymizerSection
-from aux_code.config import ConfigError, PathsConfig, RunConfig, opt, resolve_under
+from aux_code.config import ConfigError, PathsConfig, TrainRunConfig, opt, resolve_under
 from aux_code.schedule import ScheduleSection
 from aux_code.sections import StillClipSection, UtilitySource, shared
 
@@ -80,18 +80,18 @@ class AugmentSection:
 class OptimSection:
     """Adam of the target model (the schedule section sets its lr: warm-up, then divide-by-5 on a plateau)."""
 
-    lr: float = opt(1e-3, "Adam learning rate (after the schedule's warm-up).")
-    weight_decay: float = opt(0.0, "Adam weight decay.")
-    batch_size: int = opt(32, "Training images per step.")
-    epochs: int = opt(50, "Training epochs.")
+    lr: float = shared("optim.lr", 1e-3)
+    weight_decay: float = shared("optim.weight_decay", 0.0)
+    batch_size: int = shared("optim.batch_size", 32)
+    epochs: int = shared("optim.epochs", 50)
 
 
 @dataclass
 class EvalSection:
     """Validation, test metrics and the comparison with the raw run."""
 
-    every: int = opt(1, "Evaluate validation cMAP every N epochs (and after the last).")
-    batch_size: int = opt(128, "Images per forward pass when scoring.")
+    every: int = shared("eval.every", 1)
+    batch_size: int = shared("eval.batch_size", 128)
     f1_threshold: float = opt(0.5, "Threshold on sigmoid probabilities for macro F1.")
     compare_to: Optional[str] = opt(
         None,
@@ -135,10 +135,8 @@ class PrivacyConfig:
     """Stage 2: privacy leakage of an anonymizer on VISPR (target model, feature probe, image metrics)."""
 
     paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
-    run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
-    task: Literal["target", "probe"] = opt(
-        "target", "'target': train fB' on anonymized images; 'probe': MLP probe on fT features of stacked images."
-    )
+    run: TrainRunConfig = opt(TrainRunConfig(), "Run name, seed, device, resume, logging.")
+    task: Literal["target", "probe"] = shared("task", "target")
     anonymizer: AnonymizerSection = opt(AnonymizerSection(), "The frozen anonymizer fA (or baseline) applied to every image.")
     data: DataSection = opt(DataSection(), "Images and the validation split.")
     clip: StillClipSection = opt(StillClipSection(crop_scale=1.0), "Image size and crop; clip_len: the probe's still clips.")

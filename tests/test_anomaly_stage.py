@@ -158,7 +158,7 @@ def _nan_features(feature_dir: Path) -> None:
         ("no_normal", [], AnomalyDataError, r"no normal training videos"),
         ("no_annotation", [], AnomalyDataError, r"test video test_Anomaly_000_x264 is anomalous .* no annotated interval"),
         ("nan", [], FeatureSetError, r"video train_Normal_Videos_011_x264: features contain NaN"),
-        ("dataset", ["data.dataset=xd_violence"], AnomalyDataError, r"data.dataset = 'xd_violence' \(config\) but .* 'ucf_crime'"),
+        ("dataset", ["data.expected_dataset=xd_violence"], AnomalyDataError, r"data.expected_dataset = 'xd_violence' \(config\) but .* 'ucf_crime'"),
         # Weakly labelled training videos have no intervals: frame-level validation cannot work on them.
         ("val_frames", ["eval.validation_metric=frame_auc"], AnomalyDataError, r"validation video train_Anomaly_\d+_x264 is anomalous"),
     ],

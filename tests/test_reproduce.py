@@ -117,7 +117,7 @@ def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
 
     # A changed upstream config reruns that step and everything that reads it, not the rest.
     launched.clear()
-    cfg2 = _cfg(["methods=[raw,blur,tedspad]", "run.name=fake", "overrides.extraction=[run.log_every=7]"])
+    cfg2 = _cfg(["methods=[raw,blur,tedspad]", "run.name=fake", "overrides.extraction=[extract.prefetch=7]"])
     reproduce.run(cfg2, launcher=launcher)
     assert sorted(launched) == sorted(k for k in build_plan(cfg2).steps if k.split("/")[0] in ("extraction", "anomaly"))
     assert any(p.name.startswith("ucf_crime-raw.stale-") for p in (runs / "extraction").iterdir())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aux_code.checkpoint import load_checkpoint, save_checkpoint
-from aux_code.config import PathsConfig, RunConfig, opt
+from aux_code.config import PathsConfig, TrainRunConfig, opt
 from aux_code.training import (
     BestTracker,
     NonFiniteLossError,
@@ -45,7 +45,7 @@ def test_best_tracker_modes():
 @dataclass
 class TinyStage:
     paths: PathsConfig = opt(PathsConfig(), "paths")
-    run: RunConfig = opt(RunConfig(), "run")
+    run: TrainRunConfig = opt(TrainRunConfig(), "run")
 
 
 def test_start_run_save_and_resume(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aux_code.config import ConfigError, PathsConfig, RunConfig, opt
+from aux_code.config import ConfigError, PathsConfig, TrainRunConfig, opt
 from aux_code.luss_scoring import PAPER_ALPHAS
 from aux_code.precision import PRECISION_HELP
 from aux_code.schedule import ScheduleSection
@@ -72,7 +72,7 @@ class LussConfig:
     """LUSS-AE: train on normal videos with VCR + FFP + PRP, select on held-out normal videos, score the test set."""
 
     paths: PathsConfig = opt(PathsConfig(), "Dataset and output roots (configs/paths.yaml only).")
-    run: RunConfig = opt(RunConfig(), "Run name, seed, device, resume.")
+    run: TrainRunConfig = opt(TrainRunConfig(), "Run name, seed, device, resume, logging.")
     data: DataSection = opt(DataSection(), "Benchmark and clips.")
     model: ModelSection = opt(ModelSection(), "The autoencoder.")
     loss: LossSection = opt(LossSection(), "Training objective.")

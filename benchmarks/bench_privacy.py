@@ -72,9 +72,9 @@ def bench_case(name: str, spec: dict, *, vispr_root: Path, repeats: int, paper_i
             t0 = time.perf_counter()
             torch.load(path, map_location="cpu", weights_only=True)
             load_s.append(time.perf_counter() - t0)
-            cfg = load_config(PrivacyConfig, None, [
-                f"optim.batch_size={spec['batch']}", "optim.lr=1e-3", "optim.epochs=2", "augment.min_crop_scale=0.85",
-                "augment.flip=true", f"run.seed={r}", "run.device=cpu"], check_paths=False)
+            # The stage's defaults (Adam lr 1e-3, flips, the schedule section) plus the benchmark's batch and crop.
+            cfg = load_config(PrivacyConfig, None, [f"optim.batch_size={spec['batch']}", "augment.min_crop_scale=0.85",
+                                                    f"run.seed={r}"], check_paths=False)
             target_spec = {"name": spec["target"], "num_classes": len(dataset.attributes)}
             held_out = (split.images[:2], split.labels[:2].numpy())  # validation / test: unused here
             task = TargetTask(build_target(**target_spec), target_spec, images=split.images, labels=split.labels,

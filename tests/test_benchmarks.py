@@ -76,3 +76,47 @@ def test_docs_name_the_new_commands():
         text = path.read_text()
         for old in stale:
             assert old not in text, f"{path.relative_to(ROOT)} still names {old}"
+
+
+# --------------------------------------------------------------------------- the timed code paths, at toy size
+
+
+def test_bench_anomaly_stage_variant_steps_the_mgfn_task(tmp_path):
+    import argparse
+
+    import torch
+
+    from anomaly_detection.fake_features import make_fake_feature_set
+    from benchmarks.bench_anomaly import run_stage
+
+    make_fake_feature_set(tmp_path / "f", feature_dim=16, train=(6, 6), test=(2, 2), clips=(8, 12), shift=2.0, seed=0)
+    args = argparse.Namespace(child="stage", features=str(tmp_path / "f"), preset="tiny", dim=16, batch=2, epochs=1,
+                              threads=torch.get_num_threads(), val_fraction=0.34)
+    out = run_stage(args)
+    assert len(out["train_s"]) == len(out["eval_s"]) == 1 and 0.0 <= out["test_auc"] <= 1.0
+
+
+def test_bench_anonymization_stage_iteration_runs_both_steps():
+    from benchmarks.bench_anonymization import worker
+
+    row = worker("synthetic", "stage", steps=1, warmup=0, batch=2, amp="auto")
+    assert row["precision"] == "fp32" and row["step_s_median"] > 0  # auto is fp32 on the CPU
+
+
+def test_bench_privacy_steps_the_target_task(tiny_world):
+    from benchmarks.bench_privacy import CASES, bench_case
+
+    row = bench_case("default", CASES["default"], vispr_root=tiny_world / "VISPR", repeats=1, paper_images=4)
+    assert row["images"] > 0 and row["train_epoch_s"] > 0
+
+
+@pytest.mark.parametrize("clip_input", ["rgb", "difference"])
+def test_ft_input_ablation_sets_the_utility_input(tiny_world, tmp_path, clip_input):
+    from anonymization_training.train import fresh_utility
+    from benchmarks.ft_input_ablation import ablation_config
+
+    cfg = ablation_config(ROOT / "configs/synthetic/anonymization/utility_pretrain.yaml", clip_input, runs=tmp_path,
+                          overrides=[f"paths.ucf101={tiny_world / 'UCF101'}"])
+    assert cfg.task == "utility_pretrain" and cfg.model.utility_clip_input == clip_input
+    model, spec = fresh_utility(cfg, 4)
+    assert model.clip_input == clip_input and spec["clip_input"] == clip_input  # the stored spec rebuilds it

@@ -121,7 +121,7 @@ class EvalSection:
         "Rescale each video's clip scores by (x - median) / (p99 - p1) (LUSS-AE) before the frame metrics.",
     )
     sas: SasSection = opt(SasSection(), "Online scoring of the test videos (SAS and video-level F1).")
-    plot_videos: int = shared("eval.plot_videos", 4)
+    plot_videos: Optional[int] = shared("eval.plot_videos", 4)
 
 
 @dataclass
@@ -157,7 +157,7 @@ class AnomalyConfig:
             (self.optim.batch_per_class >= 1, f"optim.batch_per_class = {self.optim.batch_per_class} must be >= 1"),
             (self.optim.lr > 0, f"optim.lr = {self.optim.lr} must be > 0"),
             (self.eval.every >= 1, f"eval.every = {self.eval.every} must be >= 1"),
-            (self.eval.plot_videos >= 0, f"eval.plot_videos = {self.eval.plot_videos} must be >= 0"),
+            (self.eval.plot_videos is None or self.eval.plot_videos >= 0, f"eval.plot_videos = {self.eval.plot_videos} must be >= 0 or null"),
             (0.0 <= self.eval.sas.tau < 1.0, f"eval.sas.tau = {self.eval.sas.tau} must be in [0, 1)"),
             (self.eval.sas.lower <= self.eval.sas.upper, f"eval.sas.lower = {self.eval.sas.lower} must be <= eval.sas.upper = {self.eval.sas.upper}"),
         ]

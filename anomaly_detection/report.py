@@ -50,8 +50,8 @@ def save_test_scores(
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
-def pick_plot_videos(videos: Sequence[EvalVideo], n: int) -> list[EvalVideo]:
-    """Up to n videos, alternating anomalous and normal (anomalous first), by name."""
+def pick_plot_videos(videos: Sequence[EvalVideo], n: int | None) -> list[EvalVideo]:
+    """Up to n videos (None: all), alternating anomalous and normal (anomalous first), by name."""
     abnormal = sorted((v for v in videos if v.label == 1), key=lambda v: v.name)
     normal = sorted((v for v in videos if v.label == 0), key=lambda v: v.name)
     picked: list[EvalVideo] = []

@@ -34,7 +34,7 @@ HELP = {
     "optim.steps_per_epoch": "Train steps per epoch (stage 1's minimax: Step-1 + Step-2 pairs); null: one pass over the training items.",
     "eval.every": "Validate every N epochs (and always after the last epoch).",
     "eval.batch_size": "Items per forward pass when scoring (speed and memory only).",
-    "eval.plot_videos": "Test videos whose score curves are drawn as PNG (anomalous ones first).",
+    "eval.plot_videos": "Test videos whose score curves are drawn as PNG (anomalous ones first; null: all).",
     "model.preset": "Model size: 'paper' (the published architecture) or 'tiny' (CPU tests, the synthetic world).",
     "task": "Which of this stage's trainings runs (the values are listed in the stage's module docstring).",
     "data.dataset": "Dataset this run reads; its adapter reads paths.<dataset> (see configs/paths.yaml).",

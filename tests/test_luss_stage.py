@@ -30,7 +30,7 @@ def test_split_training_holds_out_whole_videos():
 def test_stage_end_to_end(tmp_path, capsys):
     generate(tmp_path / "data", seed=1, size="tiny", datasets=("ped2",))
     args = ["--config", "configs/synthetic/luss/ped2.yaml", f"paths.ped2={tmp_path / 'data' / 'UCSDped2'}",
-            f"paths.runs={tmp_path / 'runs'}", "optim.epochs=1", "optim.steps_per_epoch=2", "data.resolution=[16,32]",
+            f"paths.runs={tmp_path / 'runs'}", "optim.epochs=1", "optim.steps_per_epoch=2", "clip.frame_size=[16,32]",
             "eval.every=1", "eval.validation_windows=8"]
     assert main(args) == 0
     run_dir = tmp_path / "runs" / "luss" / "ped2"

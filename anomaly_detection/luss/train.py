@@ -91,15 +91,15 @@ class LussTask(Task):
     def __init__(self, cfg: LussConfig, ctx: RunContext, precision: Precision) -> None:
         self.cfg, self.ctx, self.precision = cfg, ctx, precision
         self.device = ctx.device
-        self.T = cfg.data.clip_len
-        self.size = (cfg.data.resolution[0], cfg.data.resolution[1])
+        self.T = cfg.clip.clip_len
+        self.size = (cfg.clip.frame_size[0], cfg.clip.frame_size[1])
         adapter = ADAPTERS[cfg.data.dataset](getattr(cfg.paths, cfg.data.dataset))
         self.adapter = adapter
         self.test_videos = adapter.videos("test")
         train, val = split_training(adapter.videos("train"), cfg.data.validation_fraction, cfg.run.seed)
         for v in train + val:
             if v.num_frames < self.T + 1:
-                raise ConfigError(f"training video {v.name} has {v.num_frames} frames; data.clip_len + 1 = {self.T + 1} needed")
+                raise ConfigError(f"training video {v.name} has {v.num_frames} frames; clip.clip_len + 1 = {self.T + 1} needed")
         self.train_names, self.val_names = [v.name for v in train], [v.name for v in val]
         self.train_frames = [load_frames(v, self.size) for v in train]
         self.val_frames = [load_frames(v, self.size) for v in val]
@@ -111,9 +111,9 @@ class LussTask(Task):
         self.eval_every = cfg.eval.every
         self.selection = Selection("loss", "min", "lowest total loss (Eq. 7) on held-out normal training videos") if val else None
         self.schedule = Schedule(cfg.schedule, lr=cfg.optim.lr, optimizers=[self.optimizer], mode="min")
-        self.starts = [(i, s) for i, f in enumerate(self.train_frames) for s in range(0, len(f) - self.T, cfg.data.skip)]
+        self.starts = [(i, s) for i, f in enumerate(self.train_frames) for s in range(0, len(f) - self.T, cfg.data.window_stride)]
         if not self.starts:
-            raise ConfigError("no training window fits: every training video is shorter than data.clip_len + 1")
+            raise ConfigError("no training window fits: every training video is shorter than clip.clip_len + 1")
         val_starts = [(i, s) for i, f in enumerate(self.val_frames) for s in range(0, len(f) - self.T)]
         pick = np.linspace(0, len(val_starts) - 1, min(len(val_starts), cfg.eval.validation_windows)).round().astype(int) \
             if val_starts else []
@@ -136,7 +136,8 @@ class LussTask(Task):
     def batches(self, epoch: int) -> Windows:
         rng = np.random.default_rng([self.cfg.run.seed, epoch, 3])
         order = rng.permutation(len(self.starts))
-        n = self.cfg.optim.steps_per_epoch * self.cfg.optim.batch_size or len(order)
+        steps = self.cfg.optim.steps_per_epoch
+        n = len(order) if steps is None else steps * self.cfg.optim.batch_size
         order = np.resize(order, n) if n > len(order) else order[:n]
         samples = [self.starts[i] for i in order]
         return Windows(self.train_frames, self.train_names, samples, self.T, self.cfg.optim.batch_size,
@@ -183,8 +184,8 @@ def score_test_set(model, videos: list[UnsupervisedVideo], cfg: LussConfig, run_
     measure, rescaling = cfg.eval.measure, cfg.eval.rescaling
     raws, labels = {}, []
     for v in videos:
-        frames = prepared_frames(v.frames(), (cfg.data.resolution[0], cfg.data.resolution[1]))
-        raw = score_video(model, frames, clip_len=cfg.data.clip_len, batch_size=cfg.eval.batch_size, device=device,
+        frames = prepared_frames(v.frames(), (cfg.clip.frame_size[0], cfg.clip.frame_size[1]))
+        raw = score_video(model, frames, clip_len=cfg.clip.clip_len, batch_size=cfg.eval.batch_size, device=device,
                           autocast=precision.autocast(), video=v.name)
         if len(raw["prp"]) != v.num_frames:
             raise ConfigError(f"test video {v.name}: {len(raw['prp'])} frames decoded but {v.num_frames} labelled")
@@ -199,7 +200,7 @@ def score_test_set(model, videos: list[UnsupervisedVideo], cfg: LussConfig, run_
     test: dict[str, Any] = {
         "frame_auc_micro": None, "frame_auc_macro": None,
         "alphas": list(alphas), "measure": measure, "rescaling": rescaling,
-        "first_frames": f"the first clip_len = {cfg.data.clip_len} frames of each video take the score of its first window",
+        "first_frames": f"the first clip_len = {cfg.clip.clip_len} frames of each video take the score of its first window",
         "videos": len(names), "frames": int(sum(len(y) for y in labels)),
         "abnormal_frames": int(sum(int(y.sum()) for y in labels)),
     }
@@ -221,8 +222,7 @@ def score_test_set(model, videos: list[UnsupervisedVideo], cfg: LussConfig, run_
         arrays.update({f"{n}/rescaled_{t}": v for t, v in combined[n].items()})
         arrays[f"{n}/labels"] = y
     np.savez_compressed(run_dir / "test_scores.npz", **arrays)
-    limit = len(names) if cfg.eval.plot_videos is None else cfg.eval.plot_videos
-    plots = plot_scores(run_dir / "plots", names[:limit], combined, dict(zip(names, labels)), alphas)
+    plots = plot_scores(run_dir / "plots", names[:cfg.eval.plot_videos], combined, dict(zip(names, labels)), alphas)
     test["plots"] = [str(p.relative_to(run_dir)) for p in plots]
     return {"dataset": cfg.data.dataset, "test": test}
 
@@ -266,7 +266,7 @@ def run(cfg: LussConfig) -> dict:
         raise ConfigError("anomaly_detection.luss runs as a single process; launch it without torchrun")
     ctx = start_run(cfg, stage=STAGE, select="min")
     try:
-        precision = Precision(cfg.optim.precision, ctx.device)
+        precision = Precision(cfg.precision, ctx.device)
         results = fit(LussTask(cfg, ctx, precision), ctx, cfg=cfg, stage=STAGE, precision=precision,
                       log_every=cfg.run.log_every)
         if ctx.dist.is_main:

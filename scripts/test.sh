@@ -5,6 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh" dev,dali
 cd "$ROOT"
+# The linter first (pyproject.toml [tool.ruff]): seconds, and an unused or undefined name fails CI.
+"$ROOT/.venv/bin/ruff" check --no-cache .
 set +e
 "$ROOT/.venv/bin/python" -m pytest "$@"
 rc=$?

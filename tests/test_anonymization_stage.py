@@ -34,7 +34,7 @@ from anonymization_training.steps import (
 )
 from anonymization_training.train import budget_chunks, selection_score
 from aux_code.checkpoint import load_checkpoint
-from aux_code.config import PROJECT_ROOT, describe, load_config
+from aux_code.config import describe, load_config
 from aux_code.datasets import VideoItem
 from aux_code.losses.contrastive import nt_xent, temporal_distinctive_triplet
 from aux_code.models import build_anonymizer, build_budget, build_embedding_head, build_utility

@@ -27,7 +27,7 @@ def test_atomic_save_roundtrip_and_format_version(tmp_path):
 
 def test_failed_save_keeps_previous_file(tmp_path):
     path = save_checkpoint({"a": torch.ones(1)}, tmp_path / "c.pt")
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # which one depends on the pickler path
         save_checkpoint({"bad": lambda: 0}, path)  # lambdas cannot be serialised
     assert torch.equal(load_checkpoint(path)["a"], torch.ones(1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

@@ -203,7 +203,6 @@ def test_cli_raw_baseline_probe_and_cache(paths_env, capsys):
     assert 0.0 < raw["test"]["cmap"] <= 1.0 and 1 <= raw["selection"]["epoch"] <= 2
     assert raw["leakage"]["similarity"]["identical"] == 12 and raw["leakage"]["astronaut"]["faces_before"] > 0
     assert len(raw["config_hash"]) == 12
-    run_dir = world / "runs" / "privacy" / "raw"
     caches = sorted((world / "runs" / "privacy" / "cache").glob("*.pt"))
     assert len(caches) == 1
 

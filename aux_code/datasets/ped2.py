@@ -72,7 +72,7 @@ class Ped2(UnsupervisedAdapter):
         dirs = sorted(d for d in folder.iterdir() if d.is_dir() and re.fullmatch(rf"{prefix}\d+", d.name))
         gt = parse_gt_m_file(self.gt_file) if split == "test" and self.gt_file.is_file() else []
         items = []
-        for i, d in enumerate(dirs):
+        for d in dirs:
             n = len(list_frames(d, FRAME_SUFFIXES))
             if n == 0:
                 raise DatasetError(f"{self.dataset_name}: video {d.name} ({d}) holds no .tif frame")

@@ -180,7 +180,7 @@ def render_image(plan: ImagePlan, seed: int) -> tuple[np.ndarray, list[tuple[int
         # Two unrelated people: far apart, one farther back.
         height = h * rng.uniform(0.5, 0.62)
         left_first = rng.random() < 0.5
-        for i, (fx, depth) in enumerate(((0.22, 0.0), (0.78, 0.12))):
+        for fx, depth in ((0.22, 0.0), (0.78, 0.12)):
             fx = fx if left_first else 1.0 - fx
             states.append(FigureState(x=w * fx, ground_y=ground - depth * h, height=height * (1.0 - depth),
                                       pose=_static_pose(rng), facing=1 if rng.random() < 0.5 else -1))

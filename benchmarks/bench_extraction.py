@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint({"models": {"utility": pack_model("utility", spec, _utility("i3d_r50_tiny"))}}, runs / UTILITY_CKPT)
         if "default" in cases:
             rows = {"reference": [], "stage": []}
-            for r in range(args.repeats):
+            for _ in range(args.repeats):
                 for variant in ("reference", "stage"):
                     rows[variant].append(spawn(args, case="default", variant=variant, out=tmp / f"default_{variant}",
                                                runs=runs, data=args.data))
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
             videos[args.full_frames] = tmp / "short.mp4"
             _scene_video(videos[args.full_frames], args.full_frames)
             rows = {"reference": [], "stage": []}
-            for r in range(args.repeats):
+            for _ in range(args.repeats):
                 for variant in ("reference", "stage"):
                     rows[variant].append(spawn(args, case="full", variant=variant, out=tmp / f"full_{variant}",
                                                video=videos[args.full_frames], model="i3d_r50", batch=args.batch))
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
             if importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None:
                 variants.append("dali")
             rows = {v: [] for v in variants}
-            for r in range(args.repeats):
+            for _ in range(args.repeats):
                 for variant in variants:
                     rows[variant].append(spawn(args, case="ceiling", variant=variant, out=tmp / f"ceiling_{variant}",
                                                video=videos_arg, model="i3d_r50", batch=args.batch, workers=args.workers))

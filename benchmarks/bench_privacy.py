@@ -85,7 +85,7 @@ def bench_case(name: str, spec: dict, *, vispr_root: Path, repeats: int, paper_i
             for epoch in range(2):
                 task.schedule.start_epoch(epoch)
                 t0 = time.perf_counter()
-                for i, batch in enumerate(task.batches(epoch)):
+                for batch in task.batches(epoch):
                     stepper.step += 1
                     task.train_step(batch, stepper)
                 seconds = time.perf_counter() - t0

@@ -737,6 +737,17 @@ def run(cfg: ExtractionConfig) -> int:
     progress.close()
     writer.flush_journal()
 
+    failures = _write_outputs(cfg, ctx, jobs=jobs, info=info, kept=kept, writer=writer, stats=stats,
+                              loop_seconds=loop_seconds, started=started, decoder=decoder, anonymizer=fa.method)
+    ctx.finish()
+    return 1 if failures else 0
+
+
+def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, info: FeatureSetInfo, kept: dict, writer: FeatureWriter,
+                   stats, loop_seconds: float, started: float, decoder: str, anonymizer: str) -> list[dict]:
+    """Gather every rank's entries; rank 0 writes manifest.json, failures.json and (only when nothing
+    failed, as the last action) results.json, and prints the summary. Returns the failures."""
+    dist, out_dir = ctx.dist, ctx.run_dir
     gathered = _gather({"entries": {**kept, **writer.entries}, "failures": writer.failures, "clips": stats.clips,
                         "videos": stats.videos, "model_seconds": stats.model_seconds, "seconds": loop_seconds}, dist)
     entries = {name: e for part in gathered for name, e in part["entries"].items()}
@@ -769,7 +780,7 @@ def run(cfg: ExtractionConfig) -> int:
         "total_seconds": round(total_seconds, 3),
         "feature_dim": info.feature_dim,
         "decoder": decoder,
-        "anonymizer": fa.method,
+        "anonymizer": anonymizer,
         "backbone": info.backbone,
         "world_size": dist.world_size,
         "feature_dir": str(out_dir),
@@ -785,5 +796,5 @@ def run(cfg: ExtractionConfig) -> int:
                 print(f"  {f['name']}: {f['error']}", flush=True)
         else:
             atomic_write_json(out_dir / RESULTS, summary, default=str)  # last action: marks the run complete
-    ctx.finish()
-    return 1 if failures else 0
+    return failures
+

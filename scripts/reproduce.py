@@ -23,6 +23,16 @@ layout, with "privacy reduction %" and "relative AUC change %" against raw; the 
 mean over ``anomaly_seeds`` MGFN runs, with their range), ``tradeoff.png`` (Fig. 3: privacy
 cMAP vs anomaly AUC, one point per method, raw marked) and ``summary.json``
 (every figure, with the fingerprint and config hash that produced it, and step times).
+
+Confidence intervals: every cMAP and AUC (AP on XD-Violence) is printed ``mean [low, high]``,
+a percentile bootstrap (``bootstrap.*``; aux_code.stats states the method) over the test
+items the run saved: the privacy test images of ``test_predictions.npz`` (labels, logits) for
+cMAP, whole test videos of each MGFN run's ``test_scores.npz`` (clip scores, frame labels) for
+the frame metric, combined over the ``anomaly_seeds`` runs (each replicate: the mean over
+seeds drawn with replacement, all on one resample of the test videos). summary.json keeps
+``cmap_ci`` / ``anomaly_ci`` (interval, per-seed values and intervals); a finished step whose
+per-item file is missing is rerun (a finished stage only re-evaluates), so a real run always
+has its intervals. The plot draws them as error bars on both axes.
 """
 
 from __future__ import annotations
@@ -32,15 +42,18 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
+
+import numpy as np
 
 from aux_code.checkpoint import atomic_write, atomic_write_json, atomic_write_text
 from aux_code.config import ConfigError, PathsConfig, RunConfig, config_hash, load_config, opt, parse_cli, resolve_under, to_dict
 from aux_code.runtime import run_dir_for
 from aux_code.stages import STAGES, schema_for_stage
+from aux_code.stats import DEFAULT_RESAMPLES, BootstrapCI, BootstrapError, cmap_ci, frame_metric_ci
 
 PROG = "python -m scripts.reproduce"
 DEFAULT_CONFIG = "configs/synthetic/reproduce/default.yaml"
@@ -60,6 +73,8 @@ LEARNED: dict[str, tuple[str, tuple[str, ...]]] = {
     "temporal_invariance": ("CE + L_I", ("loss.method=temporal_invariance",)),
 }
 SWEEPS = ("utility_loss", "omega", "mu", "negative_distance")
+# The per-item test outputs the intervals are computed from, and an array each must hold.
+PER_ITEM = {"privacy": ("test_predictions.npz", "logits"), "anomaly": ("test_scores.npz", "frame_labels")}
 
 
 @dataclass
@@ -97,6 +112,15 @@ class SweepSection:
 
 
 @dataclass
+class BootstrapSection:
+    """The 95% intervals of the tables (aux_code.stats: percentile bootstrap over test items, then seeds)."""
+
+    resamples: int = opt(DEFAULT_RESAMPLES, "Bootstrap resamples B of the test items (images for cMAP, whole videos for the frame metric).")
+    level: float = opt(0.95, "Confidence level of the intervals, in (0, 1).")
+    seed: int = opt(0, "Seed of the resampling generator (numpy default_rng): the same runs always give the same intervals.")
+
+
+@dataclass
 class ReproduceConfig:
     """The whole pipeline for every method, then the paper's tables and trade-off plot."""
 
@@ -124,6 +148,7 @@ class ReproduceConfig:
     )
     feature_probe: bool = opt(True, "Run the feature-level probe of Table 1 on the utility features of raw and of each learned method in `methods`.")
     sweeps: SweepSection = opt(SweepSection(), "Ablation sweeps.")
+    bootstrap: BootstrapSection = opt(BootstrapSection(), "Confidence intervals of every cMAP and AUC in the tables, plot and summary.")
     stages: StageFiles = opt(StageFiles(), "Stage config files.")
     overrides: StageOverrides = opt(StageOverrides(), "Per-stage extra overrides.")
 
@@ -142,6 +167,8 @@ class ReproduceConfig:
         for s in self.sweeps.run:
             if s not in SWEEPS:
                 raise ConfigError(f"sweeps.run: unknown sweep {s!r}; known: {', '.join(SWEEPS)}")
+        if self.bootstrap.resamples < 1 or not 0.0 < self.bootstrap.level < 1.0:
+            raise ConfigError(f"bootstrap: resamples = {self.bootstrap.resamples} must be >= 1 and level = {self.bootstrap.level} in (0, 1)")
         for d in self.sweeps.negative_distance:
             if d != "random" and not str(d).isdigit():
                 raise ConfigError(f"sweeps.negative_distance: {d!r} must be 'random' or a whole number of raw frames")
@@ -276,31 +303,38 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
             key = plan.add(Step("privacy", files.probe, f"probe-{method}", (*common, *extra.privacy, *anon_overrides, *source), needs))
             plan.probes[label] = (key, method)
 
+    plan.tables.update(_sweep_tables(cfg, point, plan))
+    return plan
+
+
+def _sweep_tables(cfg: ReproduceConfig, point: Callable[..., str], plan: Plan) -> dict[str, list[str]]:
+    """The ablation tables (Tables 2-5) asked for in sweeps.run: point names, each added to the plan by ``point``."""
+    tables: dict[str, list[str]] = {}
     sweeps = set(cfg.sweeps.run)
     if "utility_loss" in sweeps:
-        plan.tables["utility_loss"] = [
+        tables["utility_loss"] = [
             point(m, LEARNED[m][0], (), LEARNED[m][1]) if m not in plan.points else m
             for m in ("spact", "tedspad", "temporal_invariance")
         ]
     if "omega" in sweeps:
-        plan.tables["omega"] = [
+        tables["omega"] = [
             point(f"tedspad-omega{_fmt(w)}", f"omega = {_fmt(w)}", (), ("loss.method=tedspad", f"loss.omega={w}"))
             for w in cfg.sweeps.omega
         ]
     if "mu" in sweeps:
-        plan.tables["mu"] = [
+        tables["mu"] = [
             point(f"tedspad-mu{_fmt(m)}", f"mu = {_fmt(m)}", (), ("loss.method=tedspad", f"loss.margin={m}"))
             for m in cfg.sweeps.mu
         ]
     if "negative_distance" in sweeps:
-        plan.tables["negative_distance"] = [
+        tables["negative_distance"] = [
             point(
                 f"tedspad-neg{d}", f"negative distance = {d}", (),
                 ("loss.method=tedspad", f"loss.negative_distance={'null' if d == 'random' else d}"),
             )
             for d in cfg.sweeps.negative_distance
         ]
-    return plan
+    return tables
 
 
 # --------------------------------------------------------------------------- running
@@ -333,10 +367,26 @@ def _move_aside(run_dir: Path, tag: str, why: str) -> None:
     print(f"  ({why}: previous run moved to {stale})", flush=True)
 
 
+def has_per_item(stage: str, run_dir: Path) -> bool:
+    """Whether a stage-2/4 run holds the per-item test file the intervals need (other stages: always)."""
+    if stage not in PER_ITEM:
+        return True
+    name, key = PER_ITEM[stage]
+    try:
+        with np.load(run_dir / name, allow_pickle=False) as z:
+            return key in z.files
+    except (OSError, ValueError):
+        return False
+
+
 def run_step(step: Step, fingerprint: str, run_dir: Path, *, launcher=launch) -> tuple[str, float]:
-    """Run (or reuse) one step; returns ('reused' | 'ran', seconds). Raises StepFailed."""
+    """Run (or reuse) one step; returns ('reused' | 'ran', seconds). Raises StepFailed.
+
+    A finished run without its per-item test file (made before the file existed) is run again:
+    the stage resumes after its last epoch and only re-evaluates, writing the file."""
     marker = _read_json(run_dir / MARKER)
-    if marker and marker.get("fingerprint") == fingerprint and marker.get("done") and (run_dir / "results.json").is_file():
+    if (marker and marker.get("fingerprint") == fingerprint and marker.get("done") and (run_dir / "results.json").is_file()
+            and has_per_item(step.stage, run_dir)):
         return "reused", 0.0
     # A run of other inputs, or one made by hand (no marker): keep it aside, never resume it.
     if marker and marker.get("fingerprint") != fingerprint and run_dir.exists():
@@ -352,6 +402,8 @@ def run_step(step: Step, fingerprint: str, run_dir: Path, *, launcher=launch) ->
         raise StepFailed(f"{step.key} exited with status {rc}")
     if not (run_dir / "results.json").is_file():
         raise StepFailed(f"{step.key} finished without writing {run_dir / 'results.json'}")
+    if not has_per_item(step.stage, run_dir):
+        raise StepFailed(f"{step.key} finished without writing its per-item test file {run_dir / PER_ITEM[step.stage][0]}")
     atomic_write_json(run_dir / MARKER, {"fingerprint": fingerprint, "done": True, "command": step.command(), "seconds": round(seconds, 2)})
     return "ran", seconds
 
@@ -411,12 +463,71 @@ def anomaly_value(results: dict) -> tuple[str, float]:
     return str(head["metric"]), float(head["value"])
 
 
-def collect(plan: Plan, done: dict[str, dict]) -> dict:
-    """Every figure of every point and probe; None where a step did not finish."""
+def privacy_ci(run_dir: Path, cmap: float, boot: BootstrapSection) -> BootstrapCI:
+    """The cMAP interval of one stage-2 run from its test_predictions.npz (resampling test images)."""
+    with np.load(Path(run_dir) / PER_ITEM["privacy"][0], allow_pickle=False) as z:
+        labels, logits = z["labels"], z["logits"]
+    ci = cmap_ci(labels, [logits], resamples=boot.resamples, seed=boot.seed, level=boot.level)
+    if abs(ci.per_seed[0] - cmap) > 1e-9:
+        raise BootstrapError(f"{run_dir}: test_predictions.npz gives cMAP {ci.per_seed[0]:.6f}, results.json {cmap:.6f}")
+    return ci
+
+
+def anomaly_test_items(run_dir: Path) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """(video names, frame labels, frame scores) per test video of a stage-4 run's test_scores.npz,
+    built as stage 4's evaluation builds them (anomaly_detection.evaluate.frame_arrays): clip scores,
+    robustly rescaled per video when the run did, repeated over each clip's clip_span frames."""
+    from aux_code.metrics import robust_rescale
+    from aux_code.segments import check_equal_length, expand_clip_scores
+
+    with np.load(Path(run_dir) / PER_ITEM["anomaly"][0], allow_pickle=False) as z:
+        names, off, foff = [str(n) for n in z["names"]], z["offsets"], z["frame_offsets"]
+        clips, frame_labels, span, rescale = z["clip_scores"], z["frame_labels"], int(z["clip_span"]), bool(z["robust_rescale"])
+    labels, scores = [], []
+    for i, name in enumerate(names):
+        s = clips[off[i] : off[i + 1]]
+        frames = expand_clip_scores(robust_rescale(s) if rescale else s, clip_span=span)
+        y = frame_labels[foff[i] : foff[i + 1]]
+        check_equal_length(name, frames.size, y.size)
+        labels.append(y)
+        scores.append(frames)
+    return names, labels, scores
+
+
+def anomaly_ci(run_dirs: Sequence[Path], metric: str, values: Sequence[float], boot: BootstrapSection) -> BootstrapCI:
+    """The interval of the mean frame metric ('auc' or 'ap') over one method's MGFN runs (one per seed),
+    resampling whole test videos, the same resample for every seed."""
+    items = [anomaly_test_items(d) for d in run_dirs]
+    names, labels, _ = items[0]
+    for d, (n, y, _) in zip(run_dirs, items):
+        if n != names or any(not np.array_equal(a, b) for a, b in zip(y, labels)):
+            raise BootstrapError(f"{d}: its test videos or frame labels differ from {run_dirs[0]}'s; the seeds must share one test set")
+    ci = frame_metric_ci(labels, [s for _, _, s in items], metric="ap" if metric == "ap" else "auc",
+                         resamples=boot.resamples, seed=boot.seed, level=boot.level)
+    for d, a, b in zip(run_dirs, ci.per_seed, values):
+        if abs(a - b) > 1e-9:
+            raise BootstrapError(f"{d}: test_scores.npz gives {metric} {a:.6f}, results.json {b:.6f}")
+    return ci
+
+
+def _interval(compute) -> tuple[dict | None, str | None]:
+    """(ci.as_dict(), None), or (None, why) when the run's per-item file is missing or unusable."""
+    try:
+        return compute().as_dict(), None
+    except (OSError, KeyError, ValueError) as e:  # BootstrapError and LengthMismatchError are ValueErrors
+        return None, f"{type(e).__name__}: {e}"
+
+
+def collect(plan: Plan, done: dict[str, dict], boot: BootstrapSection | None = None) -> dict:
+    """Every figure of every point and probe, with its interval; None where a step did not finish."""
+    boot = boot or BootstrapSection()
 
     def res(key: str) -> dict | None:
         d = done.get(key, {})
         return d.get("results") if d.get("status") in ("ran", "reused") else None
+
+    def run_dir(key: str) -> Path:
+        return Path(done[key]["run_dir"])
 
     points = {}
     for name, p in plan.points.items():
@@ -425,15 +536,25 @@ def collect(plan: Plan, done: dict[str, dict]) -> dict:
         # A mean over some of the seeds would not be the figure the table claims: all or nothing.
         finished = all(r is not None for r in runs)
         values = [anomaly_value(r)[1] for r in runs] if finished else []
+        metric = anomaly_value(runs[0])[0] if finished else None
+        c_ci, c_note = _interval(lambda: privacy_ci(run_dir(p.privacy), privacy_cmap(pr), boot)) if pr else (None, "no finished run")
+        a_ci, a_note = (_interval(lambda: anomaly_ci([run_dir(k) for k in p.anomaly], metric, values, boot)) if finished
+                        else (None, "not every seed's run finished"))
         points[name] = {
             "label": p.label,
             "cmap": privacy_cmap(pr) if pr else None,
-            "anomaly_metric": anomaly_value(runs[0])[0] if finished else None,
+            "cmap_runs": [privacy_cmap(pr)] if pr else [],
+            "cmap_ci": c_ci,
+            "anomaly_metric": metric,
             "anomaly": sum(values) / len(values) if finished else None,
             "anomaly_runs": values,
+            "anomaly_ci": a_ci,
             "privacy_step": p.privacy,
             "anomaly_steps": list(p.anomaly),
         }
+        notes = {k: v for k, v in (("cmap_ci", c_note), ("anomaly_ci", a_note)) if v}
+        if notes:
+            points[name]["ci_missing"] = notes
     raw = points.get("raw", {})
     for pt in points.values():
         pt["privacy_reduction_pct"] = _relative(pt["cmap"], raw.get("cmap"), reduction=True)
@@ -441,8 +562,12 @@ def collect(plan: Plan, done: dict[str, dict]) -> dict:
     probes = {}
     for label, (key, method) in plan.probes.items():
         pr = res(key)
-        probes[label] = {"method": method, "cmap": privacy_cmap(pr) if pr else None, "step": key}
-    return {"points": points, "probes": probes, "tables": plan.tables}
+        c_ci, c_note = _interval(lambda: privacy_ci(run_dir(key), privacy_cmap(pr), boot)) if pr else (None, "no finished run")
+        probes[label] = {"method": method, "cmap": privacy_cmap(pr) if pr else None, "cmap_ci": c_ci, "step": key}
+        if c_note:
+            probes[label]["ci_missing"] = {"cmap_ci": c_note}
+    return {"points": points, "probes": probes, "tables": plan.tables,
+            "bootstrap": {"resamples": boot.resamples, "level": boot.level, "seed": boot.seed}}
 
 
 def _relative(value: float | None, ref: float | None, *, reduction: bool) -> float | None:
@@ -458,6 +583,17 @@ def _pct(x: float | None) -> str:
 
 def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.2f}"
+
+
+def _with_ci(x: float | None, ci: dict | None) -> str:
+    """``mean [low, high]`` in %; ``mean [n/a]`` when the run left no per-item file."""
+    if x is None:
+        return "n/a"
+    return f"{_pct(x)} [{_pct(ci['low'])}, {_pct(ci['high'])}]" if ci else f"{_pct(x)} [n/a]"
+
+
+def _level(summary: dict) -> str:
+    return f"{100 * summary.get('bootstrap', {}).get('level', 0.95):g}% CI"
 
 
 TABLE_TITLES = {
@@ -477,25 +613,25 @@ def render_tables(summary: dict) -> str:
         out += [
             "### Table 1: feature-level privacy leakage (MLP probe on fT features of privacy images repeated into static clips)",
             "",
-            "| features | probe cMAP (%) |",
+            f"| features | probe cMAP (%) [{_level(summary)}] |",
             "|---|---|",
         ]
-        out += [f"| {label} | {_pct(p['cmap'])} |" for label, p in summary["probes"].items()]
+        out += [f"| {label} | {_with_ci(p['cmap'], p.get('cmap_ci'))} |" for label, p in summary["probes"].items()]
         out.append("")
     for table, names in summary["tables"].items():
         out += [
             f"### {TABLE_TITLES[table]}",
             "",
-            f"| method | privacy cMAP (%) | privacy reduction % | anomaly {metric} (%), mean | {metric} range over seeds (%) "
-            f"| relative {metric} change % |",
+            f"| method | privacy cMAP (%) [{_level(summary)}] | privacy reduction % | anomaly {metric} (%), mean [{_level(summary)}] "
+            f"| {metric} range over seeds (%) | relative {metric} change % |",
             "|---|---|---|---|---|---|",
         ]
         for name in names:
             p = points[name]
             spread = f"{_pct(min(p['anomaly_runs']))}-{_pct(max(p['anomaly_runs']))}" if p["anomaly_runs"] else "n/a"
             out.append(
-                f"| {p['label']} | {_pct(p['cmap'])} | {_signed(p['privacy_reduction_pct'])} | "
-                f"{_pct(p['anomaly'])} | {spread} | {_signed(p['anomaly_change_pct'])} |"
+                f"| {p['label']} | {_with_ci(p['cmap'], p.get('cmap_ci'))} | {_signed(p['privacy_reduction_pct'])} | "
+                f"{_with_ci(p['anomaly'], p.get('anomaly_ci'))} | {spread} | {_signed(p['anomaly_change_pct'])} |"
             )
         out.append("")
     return "\n".join(out)
@@ -515,8 +651,14 @@ def draw_tradeoff(summary: dict, path: Path) -> None:
         p = summary["points"][n]
         x, y = 100 * p["cmap"], 100 * p["anomaly"]
         raw = n == "raw"
-        runs = [100 * v for v in p["anomaly_runs"]]
-        ax.errorbar([x], [y], yerr=[[y - min(runs)], [max(runs) - y]], fmt="none", ecolor="gray", capsize=3, zorder=2)
+        # Error bars: the bootstrap intervals (cMAP on x, the frame metric on y); none where a run has no per-item file.
+        bars = {}
+        for axis, key, centre in (("xerr", "cmap_ci", x), ("yerr", "anomaly_ci", y)):
+            ci = p.get(key)
+            if ci:
+                bars[axis] = [[max(centre - 100 * ci["low"], 0.0)], [max(100 * ci["high"] - centre, 0.0)]]
+        if bars:
+            ax.errorbar([x], [y], **bars, fmt="none", ecolor="gray", elinewidth=1, capsize=3, zorder=2)
         ax.scatter([x], [y], marker="*" if raw else "o", s=160 if raw else 50, color="black" if raw else None, zorder=3)
         # A label that would sit on a nearby point's label goes below its marker instead.
         crowded = any(abs(x - px) < 1.5 and abs(y - py) < 1.5 for px, py in placed)
@@ -525,7 +667,8 @@ def draw_tradeoff(summary: dict, path: Path) -> None:
     metric = next((summary["points"][n]["anomaly_metric"] for n in names), "auc") or "auc"
     ax.set_xlabel("privacy leakage: cMAP of the target model (%)  (lower = more private)")
     ax.set_ylabel(f"anomaly detection: frame {metric.upper()} (%)")
-    ax.set_title("Privacy-utility trade-off (raw = star; bars: range over MGFN seeds)")
+    level = _level(summary)
+    ax.set_title(f"Privacy-utility trade-off (raw = star; bars: {level}, bootstrap over test items and MGFN seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
@@ -542,7 +685,7 @@ def run(cfg: ReproduceConfig, *, launcher=launch) -> int:
     print(f"{len(plan.steps)} stage runs for {len(plan.points)} methods; results in {out_dir}", flush=True)
     start = time.perf_counter()
     done = execute(plan, launcher=launcher)
-    summary = collect(plan, done)
+    summary = collect(plan, done, cfg.bootstrap)
     summary.update(
         config_hash=config_hash(cfg),
         dataset=cfg.dataset,

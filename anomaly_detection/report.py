@@ -3,7 +3,8 @@
 - results.json: the selected epoch and its validation value, test frame metrics (ROC AUC,
   AP, trapezoidal PR-AUC, each labelled), online scores, counts, config and feature-set
   hashes;
-- test_scores.npz: every test video's clip scores and SAS stream (no pickled objects);
+- test_scores.npz: every test video's clip scores, SAS stream and frame labels (no pickled
+  objects): enough to recompute the test frame metrics, e.g. per resample of test videos;
 - plots/<video>.png: per-frame score curves of a few test videos, anomalies shaded.
 """
 
@@ -28,15 +29,23 @@ def save_test_scores(
     video_scores: Mapping[str, float],
     sas: Mapping[str, np.ndarray],
     clip_span: int,
+    *,
+    robust_rescale: bool = False,
 ) -> None:
     """Per-video scores in one npz, ragged arrays stored flat with offsets (CSR style).
 
-    Video i's clip scores are clip_scores[offsets[i]:offsets[i+1]]; same for sas. Loads
-    with np.load(path) (no pickle): names (N,) str, labels (N,), num_clips (N,),
-    video_scores (N,), clip_span ().
+    Video i's clip scores are clip_scores[offsets[i]:offsets[i+1]]; same for sas. Its frame
+    labels (video_ground_truth, the labels the test metrics are computed against) are
+    frame_labels[frame_offsets[i]:frame_offsets[i+1]], num_clips[i] * clip_span of them.
+    robust_rescale () says whether the evaluation rescaled each video's clip scores first
+    (aux_code.metrics.robust_rescale); the test frame scores are then
+    expand_clip_scores(rescaled or raw clip scores, clip_span). Loads with np.load(path)
+    (no pickle): names (N,) str, labels (N,), num_clips (N,), video_scores (N,), clip_span ().
     """
     counts = np.array([v.num_clips for v in videos], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
+    frame_labels = [video_ground_truth(v, clip_span).astype(np.int8) for v in videos]
+    frame_offsets = np.concatenate([[0], np.cumsum([f.size for f in frame_labels])]).astype(np.int64)
     arrays = {
         "names": np.array([v.name for v in videos], dtype=str),
         "labels": np.array([v.label for v in videos], dtype=np.int64),
@@ -46,6 +55,9 @@ def save_test_scores(
         "sas": np.concatenate([np.asarray(sas[v.name], dtype=np.float64) for v in videos]),
         "video_scores": np.array([video_scores[v.name] for v in videos], dtype=np.float64),
         "clip_span": np.array(clip_span, dtype=np.int64),
+        "frame_labels": np.concatenate(frame_labels) if frame_labels else np.zeros(0, dtype=np.int8),
+        "frame_offsets": frame_offsets,
+        "robust_rescale": np.array(bool(robust_rescale)),
     }
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 

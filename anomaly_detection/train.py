@@ -145,7 +145,8 @@ class MGFNTask(Task):
         }
         if dist.is_main:
             run_dir = self.ctx.run_dir
-            save_test_scores(run_dir / "test_scores.npz", data.test, scores.clip, scores.video, streams, data.clip_span)
+            save_test_scores(run_dir / "test_scores.npz", data.test, scores.clip, scores.video, streams, data.clip_span,
+                             robust_rescale=cfg.eval.robust_rescale)
             plot_video_scores(run_dir / "plots", pick_plot_videos(data.test, cfg.eval.plot_videos), scores.clip, streams,
                               data.clip_span, rescale=cfg.eval.robust_rescale)
             self.ctx.logger.log(selected["epoch"], {f"test_{k}": v for k, v in report["frame"].items()}, phase="test")

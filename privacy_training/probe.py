@@ -8,6 +8,7 @@ features. The epoch is selected on the validation split; test cMAP is reported.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -54,9 +55,10 @@ class ProbeTask(Task):
 
     def __init__(self, *, features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], attributes: tuple[str, ...],
                  hidden: int, dropout: float, lr: float, weight_decay: float, epochs: int, batch_size: int, seed: int,
-                 f1_threshold: float, extra: Callable[[dict], dict]) -> None:
+                 f1_threshold: float, extra: Callable[[dict], dict], predictions: Path | None = None) -> None:
         """``features`` / ``labels``: {"train", "val", "test"} -> (N, D) / (N, A) on one device; ``extra(test
-        report)`` adds the stage's own results (comparison with raw, the utility model) to the selected probe's."""
+        report)`` adds the stage's own results (comparison with raw, the utility model) to the selected probe's;
+        ``predictions``: where ``finish`` writes the test labels and logits (report.save_test_predictions)."""
         train_x, train_y = features["train"], labels["train"]
         self.spec = {"in_dim": int(train_x.shape[1]), "num_outputs": int(train_y.shape[1]), "hidden": hidden, "dropout": dropout}
         self.probe = MLPProbe(**self.spec).to(train_x.device)
@@ -66,6 +68,7 @@ class ProbeTask(Task):
         self.train_x, self.train_y, self.features = train_x, train_y, features
         self.labels = {k: v.cpu().numpy() for k, v in labels.items()}
         self.attributes, self.batch_size, self.epochs, self.f1_threshold, self.extra = attributes, batch_size, epochs, f1_threshold, extra
+        self.predictions = predictions
         self.selection = Selection("cmap", "max", "max validation cMAP over probe epochs (validation carved from train; test never used)")
 
     def models(self) -> dict[str, StoredModel]:
@@ -93,14 +96,17 @@ class ProbeTask(Task):
     def validate(self, epoch: int) -> dict[str, float]:
         return {"cmap": cmap(self.labels["val"], probe_logits(self.probe, self.features["val"]), attribute_names=self.attributes).cmap}
 
-    def report(self, split: str) -> dict:
+    def report(self, split: str, *, save: Path | None = None) -> dict:
+        from privacy_training.report import save_test_predictions
         from privacy_training.target import score_split
 
-        return score_split(probe_logits(self.probe, self.features[split]), self.labels[split], attributes=self.attributes,
-                           f1_threshold=self.f1_threshold)
+        logits = probe_logits(self.probe, self.features[split])
+        if save is not None:
+            save_test_predictions(save, self.labels[split], logits, self.attributes)
+        return score_split(logits, self.labels[split], attributes=self.attributes, f1_threshold=self.f1_threshold)
 
     def finish(self, selected: dict) -> dict:
-        test = self.report("test")
+        test = self.report("test", save=self.predictions)
         return {**self.extra(test), "validation": self.report("val"), "test": test,
                 "probe": {**self.spec, "epochs": self.epochs, "parameters": sum(p.numel() for p in self.probe.parameters())}}
 

@@ -2,15 +2,34 @@
 
 - results.json: headline test cMAP, per-attribute AP, macro F1, the selection (validation
   split, never test), the comparison with the raw run, image-level leakage, counts, cache
-  and config hashes; written last and atomically by aux_code.fit.
+  and config hashes; written last and atomically by aux_code.fit;
+- test_predictions.npz: the test split's per-image labels and the selected model's logits,
+  exactly those the test cMAP was computed from (the reproduce script's bootstrap intervals
+  resample these images; see :func:`save_test_predictions`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from aux_code.checkpoint import atomic_write
+
+PREDICTIONS = "test_predictions.npz"
+
+def save_test_predictions(path: Path, labels: np.ndarray, logits: np.ndarray, attributes: Sequence[str]) -> None:
+    """The test split's labels (N, A) int8 0/1 and logits (N, A) float64, with the attribute names (A,) str.
+
+    Loads with np.load(path) (no pickle); ``cmap(labels, logits)`` is the run's test cMAP.
+    """
+    y, x = np.asarray(labels), np.asarray(logits, dtype=np.float64)
+    if y.shape != x.shape or y.ndim != 2 or y.shape[1] != len(attributes):
+        raise ValueError(f"save_test_predictions: labels {y.shape}, logits {x.shape} and {len(attributes)} attributes disagree")
+    arrays = {"labels": y.astype(np.int8), "logits": x, "attributes": np.array(list(attributes), dtype=str)}
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 class CompareError(ValueError):

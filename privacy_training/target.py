@@ -8,6 +8,7 @@ and a horizontal flip), so augmentation costs one kernel and never re-reads file
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ from aux_code.fit import Selection, Stepper, StoredModel, Task
 from aux_code.metrics import CMAPResult, cmap, macro_f1
 from aux_code.schedule import Schedule
 from privacy_training.data import PrivacyDataError, to_float
+from privacy_training.report import save_test_predictions
 
 
 def augment_batch(
@@ -59,13 +61,15 @@ class TargetTask(Task):
 
     def __init__(self, model: nn.Module, spec: dict, *, images: torch.Tensor, labels: torch.Tensor,
                  val: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray], attributes: tuple[str, ...],
-                 cache_key: str, cfg, device: torch.device, extra: Callable[[dict], dict]) -> None:
+                 cache_key: str, cfg, device: torch.device, extra: Callable[[dict], dict],
+                 predictions: Path | None = None) -> None:
         """``val`` / ``test``: (uint8 images, labels); ``extra(test report)`` adds the stage's own results
-        (comparison with raw, leakage) to the selected model's reports."""
+        (comparison with raw, leakage) to the selected model's reports; ``predictions``: where ``finish``
+        writes the test labels and logits (privacy_training.report.save_test_predictions), None: nowhere."""
         o = cfg.optim
         self.model, self.spec, self.device = model, spec, device
         self.images, self.labels, self.val, self.test, self.extra = images, labels, val, test, extra
-        self.attributes, self.cache_key = attributes, cache_key
+        self.attributes, self.cache_key, self.predictions = attributes, cache_key, predictions
         self.batch_size, self.eval_batch, self.f1_threshold = o.batch_size, cfg.eval.batch_size, cfg.eval.f1_threshold
         self.min_crop_scale, self.flip = cfg.augment.min_crop_scale, cfg.augment.flip
         self.epochs, self.eval_every = o.epochs, cfg.eval.every
@@ -106,16 +110,18 @@ class TargetTask(Task):
         loss = F.binary_cross_entropy_with_logits(self.model(x), self.labels[idx])
         return stepper.update({"loss": loss}, self.optimizer)
 
-    def report(self, images: torch.Tensor, labels: np.ndarray) -> dict:
-        """score_split of the current model on uint8 images (N, 3, R, R)."""
+    def report(self, images: torch.Tensor, labels: np.ndarray, *, save: Path | None = None) -> dict:
+        """score_split of the current model on uint8 images (N, 3, R, R); ``save``: also write the labels and logits there."""
         logits = predict_logits(self.model, images, batch_size=self.eval_batch, device=self.device)
+        if save is not None:
+            save_test_predictions(save, labels, logits, self.attributes)
         return score_split(logits, labels, attributes=self.attributes, f1_threshold=self.f1_threshold)
 
     def validate(self, epoch: int) -> dict[str, float]:
         return {"cmap": self.report(*self.val)["cmap"]}
 
     def finish(self, selected: dict) -> dict:
-        test = self.report(*self.test)
+        test = self.report(*self.test, save=self.predictions)
         return {**self.extra(test), "validation": self.report(*self.val), "test": test,
                 "model": {**self.spec, "parameters": sum(p.numel() for p in self.model.parameters())}}
 

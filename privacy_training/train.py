@@ -8,12 +8,14 @@ task ``target`` (the VISPR protocol of SPAct / TeD-SPAD):
    evaluating validation cMAP every ``eval.every`` epochs; best.pt keeps the best epoch
    (validation carved from train; the test split is never looked at while training);
 3. load best.pt and score the test split once: cMAP, per-attribute AP, macro F1 on sigmoid
-   probabilities, and the privacy reduction against the raw run (``eval.compare_to``);
+   probabilities, and the privacy reduction against the raw run (``eval.compare_to``); the
+   test labels and logits go to test_predictions.npz (the reproduce script's intervals);
 4. image-level leakage on the test split (SSIM / PSNR / MSE to the original, Haar faces
    before/after) and on scikit-image's astronaut photograph.
 
 task ``probe`` (paper Table 1): the same cached images, each repeated T times as a clip
-through fT, an MLP probe on the pooled features, selected on validation, test cMAP.
+through fT, an MLP probe on the pooled features, selected on validation, test cMAP (and
+test_predictions.npz, as for the target model).
 
 Rerunning the same command resumes the target model from last.pt; a finished run only
 re-evaluates. results.json is written last.
@@ -40,7 +42,7 @@ from privacy_training.config import PrivacyConfig
 from privacy_training.data import PrivacyData, load_privacy_data, to_uint8
 from privacy_training.leakage import count_faces, face_summary, similarity_summary
 from privacy_training.probe import ProbeTask, extract_features
-from privacy_training.report import CompareError, anonymizer_label, privacy_reduction, read_reference_cmap
+from privacy_training.report import PREDICTIONS, CompareError, anonymizer_label, privacy_reduction, read_reference_cmap
 from privacy_training.target import TargetTask
 
 STAGE = "privacy"
@@ -153,7 +155,8 @@ def _run_target(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, datase
     # The cache is small (uint8): move it once so a step is a gather on the device.
     task = TargetTask(model.to(device), spec, images=train.images.to(device), labels=train.labels.to(device),
                       val=(val.images, val.labels.numpy()), test=(test.images, test.labels.numpy()),
-                      attributes=dataset.attributes, cache_key=data.key, cfg=cfg, device=device, extra=extra)
+                      attributes=dataset.attributes, cache_key=data.key, cfg=cfg, device=device, extra=extra,
+                      predictions=ctx.run_dir / PREDICTIONS)
     results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device), log_every=cfg.run.log_every)
     reduction = results["privacy_reduction_pct"]
     shown = "" if reduction is None else f", privacy reduction {reduction:.2f}% vs {results['compare_to']['raw_cmap'] * 100:.2f}"
@@ -262,7 +265,8 @@ def _run_probe(
 
     task = ProbeTask(features=feats, labels={name: split.labels.to(device) for name, split in data.splits.items()},
                      attributes=dataset.attributes, hidden=p.hidden, dropout=p.dropout, lr=p.lr, weight_decay=p.weight_decay,
-                     epochs=p.epochs, batch_size=p.batch_size, seed=cfg.run.seed, f1_threshold=cfg.eval.f1_threshold, extra=extra)
+                     epochs=p.epochs, batch_size=p.batch_size, seed=cfg.run.seed, f1_threshold=cfg.eval.f1_threshold, extra=extra,
+                     predictions=ctx.run_dir / PREDICTIONS)
     results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device))
     _log(f"[privacy] probe test cMAP {100 * results['test']['cmap']:.2f} (chance {100 * results['test']['chance_cmap']:.2f}) on "
          f"{results['utility']['feature_dim']}-d features of {cfg.utility.checkpoint or cfg.utility.weights}; results in {ctx.run_dir / 'results.json'}")

@@ -21,6 +21,7 @@ from anomaly_detection.train import run
 from aux_code.checkpoint import load_checkpoint
 from aux_code.config import PROJECT_ROOT, ConfigError, describe, load_config
 from aux_code.features import FeatureSetError, read_manifest, save_features, write_manifest
+from aux_code.metrics import frame_auc, robust_rescale
 from aux_code.runtime import read_metrics
 from aux_code.segments import LengthMismatchError
 
@@ -87,6 +88,11 @@ def test_cli_end_to_end_outputs_and_rerun(world):
     assert list(scores["names"]) == sorted(n for n, v in info.videos.items() if v.split == "test")
     assert scores["offsets"][-1] == scores["clip_scores"].size == sum(info.videos[n].num_clips for n in scores["names"])
     assert list(scores["labels"]) == [info.videos[n].label for n in scores["names"]]
+    # The frame labels and clip scores reproduce the reported test AUC (what the reproduce script's CIs resample).
+    span, off, foff = int(scores["clip_span"]), scores["offsets"], scores["frame_offsets"]
+    assert bool(scores["robust_rescale"]) is False and foff[-1] == scores["frame_labels"].size == span * off[-1]
+    frames = np.concatenate([np.repeat(scores["clip_scores"][off[i]:off[i + 1]], span) for i in range(len(off) - 1)])
+    assert frame_auc(scores["frame_labels"], frames) == pytest.approx(frame["roc_auc"], abs=1e-12)
 
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records if r["phase"] == "epoch"] == [1, 2, 3, 4, 5, 6]
@@ -237,6 +243,12 @@ def test_ten_crop_no_validation_robust_rescale(world):
         "metric": None, "mode": None, "value": None, "epoch": 4, "checkpoint": "last.pt", "rule": "last epoch (no validation split)",
     }
     assert results["test"]["robust_rescale"] is True and results["test"]["frame"]["roc_auc"] > 0.8
+    # test_scores.npz says the clip scores were rescaled per video; rescaled, they give the reported AUC.
+    z = np.load(world / "runs" / "anomaly" / "crops" / "test_scores.npz", allow_pickle=False)
+    assert bool(z["robust_rescale"]) is True
+    off, span = z["offsets"], int(z["clip_span"])
+    frames = np.concatenate([np.repeat(robust_rescale(z["clip_scores"][off[i]:off[i + 1]]), span) for i in range(len(off) - 1)])
+    assert frame_auc(z["frame_labels"], frames) == pytest.approx(results["test"]["frame"]["roc_auc"], abs=1e-12)
     # A feature file whose crop count disagrees with the manifest is named.
     info = read_manifest(feature_dir)
     victim = info.videos[sorted(info.videos)[0]]

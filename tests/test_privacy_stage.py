@@ -60,6 +60,17 @@ def _results(world: Path, name: str) -> dict:
     return json.loads((world / "runs" / "privacy" / name / "results.json").read_text())
 
 
+def _check_predictions(world: Path, name: str, results: dict) -> None:
+    """test_predictions.npz (no pickle) holds the labels and logits the reported test cMAP came from."""
+    import numpy as np
+
+    from aux_code.metrics import cmap
+
+    z = np.load(world / "runs" / "privacy" / name / "test_predictions.npz", allow_pickle=False)
+    assert z["labels"].shape == z["logits"].shape == (results["counts"]["test"], len(z["attributes"]))
+    assert cmap(z["labels"], z["logits"]).cmap == pytest.approx(results["test"]["cmap"], abs=1e-12)
+
+
 # --------------------------------------------------------------------------- units
 
 
@@ -203,6 +214,7 @@ def test_cli_raw_baseline_probe_and_cache(paths_env, capsys):
     assert 0.0 < raw["test"]["cmap"] <= 1.0 and 1 <= raw["selection"]["epoch"] <= 2
     assert raw["leakage"]["similarity"]["identical"] == 12 and raw["leakage"]["astronaut"]["faces_before"] > 0
     assert len(raw["config_hash"]) == 12
+    _check_predictions(world, "raw", raw)
     caches = sorted((world / "runs" / "privacy" / "cache").glob("*.pt"))
     assert len(caches) == 1
 
@@ -234,6 +246,7 @@ def test_cli_raw_baseline_probe_and_cache(paths_env, capsys):
     pr = _results(world, "probe")
     assert pr["task"] == "probe" and pr["cache"]["hit"] is True and pr["utility"]["feature_dim"] == 256
     assert 0.0 < pr["test"]["cmap"] <= 1.0 and (world / "runs" / "privacy" / "probe" / "best.pt").is_file()
+    _check_predictions(world, "probe", pr)
 
     # A checkpoint without a utility model: one clear message, exit status 2.
     capsys.readouterr()

@@ -15,9 +15,8 @@ task state, so a resumed run keeps counting its privacy spend. Validation metric
 ``epsilon`` (spent so far); results.json gets a ``privacy`` block and the test metrics.
 
 Early stopping: :meth:`DPAETask.should_stop` says when ``patience`` validations have
-passed without a lower validation loss; fit() does not ask yet (see the issue-16 notes),
-so ``epochs`` bounds the run and the selection (lowest validation loss) picks the model
-that early stopping would have kept.
+passed without a lower validation loss; fit() asks it before every epoch, and the selection
+(lowest validation loss) picks the model early stopping kept.
 """
 
 from __future__ import annotations

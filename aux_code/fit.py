@@ -145,7 +145,7 @@ class Task:
         raise NotImplementedError
 
     def should_stop(self) -> bool:
-        """Early stopping: asked after each saved epoch (default: never; e.g. the DP autoencoder's patience)."""
+        """Early stopping: asked before every epoch after the first (default: never; e.g. the DP autoencoder's patience)."""
         return False
 
     def score(self, metrics: Mapping[str, float]) -> float:
@@ -237,6 +237,11 @@ def fit(task: Task, ctx: RunContext, *, cfg: Any, stage: str, precision: Precisi
     if start_epoch == 0 and not history:
         task.start()
     for epoch in range(start_epoch, task.epochs):
+        # Asked before each epoch, so a rerun of an early-stopped run does not train on.
+        if history and task.should_stop():
+            if ctx.dist.is_main:
+                print(f"[{stage}] {task.name}: stopped early after epoch {epoch}", flush=True)
+            break
         started = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch + 1}
         if task.schedule is not None:
@@ -259,10 +264,6 @@ def fit(task: Task, ctx: RunContext, *, cfg: Any, stage: str, precision: Precisi
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("val_", "train_loss"))
                               and (own_score or k != "val_selection_score"))
             print(f"[{stage}] {task.name} epoch {epoch + 1}/{task.epochs}: {shown}", flush=True)
-        if task.should_stop():
-            if ctx.dist.is_main:
-                print(f"[{stage}] {task.name}: stopped early after epoch {epoch + 1}", flush=True)
-            break
     if ctx.dist.distributed:
         torch.distributed.barrier()  # rank 0 has written best.pt / last.pt before anyone reads them
     return _finish(task, ctx, cfg=cfg, history=history, precision=precision)

@@ -510,10 +510,10 @@ def anomaly_ci(run_dirs: Sequence[Path], metric: str, values: Sequence[float], b
     return ci
 
 
-def _interval(compute) -> tuple[dict | None, str | None]:
-    """(ci.as_dict(), None), or (None, why) when the run's per-item file is missing or unusable."""
+def _interval(compute, *args) -> tuple[dict | None, str | None]:
+    """(compute(*args).as_dict(), None), or (None, why) when the run's per-item file is missing or unusable."""
     try:
-        return compute().as_dict(), None
+        return compute(*args).as_dict(), None
     except (OSError, KeyError, ValueError) as e:  # BootstrapError and LengthMismatchError are ValueErrors
         return None, f"{type(e).__name__}: {e}"
 
@@ -537,8 +537,8 @@ def collect(plan: Plan, done: dict[str, dict], boot: BootstrapSection | None = N
         finished = all(r is not None for r in runs)
         values = [anomaly_value(r)[1] for r in runs] if finished else []
         metric = anomaly_value(runs[0])[0] if finished else None
-        c_ci, c_note = _interval(lambda: privacy_ci(run_dir(p.privacy), privacy_cmap(pr), boot)) if pr else (None, "no finished run")
-        a_ci, a_note = (_interval(lambda: anomaly_ci([run_dir(k) for k in p.anomaly], metric, values, boot)) if finished
+        c_ci, c_note = _interval(privacy_ci, run_dir(p.privacy), privacy_cmap(pr), boot) if pr else (None, "no finished run")
+        a_ci, a_note = (_interval(anomaly_ci, [run_dir(k) for k in p.anomaly], metric, values, boot) if finished
                         else (None, "not every seed's run finished"))
         points[name] = {
             "label": p.label,
@@ -562,7 +562,7 @@ def collect(plan: Plan, done: dict[str, dict], boot: BootstrapSection | None = N
     probes = {}
     for label, (key, method) in plan.probes.items():
         pr = res(key)
-        c_ci, c_note = _interval(lambda: privacy_ci(run_dir(key), privacy_cmap(pr), boot)) if pr else (None, "no finished run")
+        c_ci, c_note = _interval(privacy_ci, run_dir(key), privacy_cmap(pr), boot) if pr else (None, "no finished run")
         probes[label] = {"method": method, "cmap": privacy_cmap(pr) if pr else None, "cmap_ci": c_ci, "step": key}
         if c_note:
             probes[label]["ci_missing"] = {"cmap_ci": c_note}

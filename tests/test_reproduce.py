@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aux_code.config import load_config
@@ -81,6 +82,29 @@ def _fake_results(stage: str, name: str) -> dict:
     return {}
 
 
+# Test labels of 10 privacy images (one attribute, logits falling with the index) whose AP is exactly the fake cMAP.
+_FAKE_IMAGES = {0.8: [1, 0, 1, 1, 1, 1, 0, 1, 0, 0], 0.7: [1, 0, 0, 1, 1, 0, 0, 0, 0, 0], 0.5: [0, 1, 0, 1, 0, 1, 0, 1, 0, 0]}
+
+
+def _fake_per_item(stage: str, run_dir: Path, results: dict) -> None:
+    """The per-item test files of a fake run, giving exactly its results.json figure."""
+    if stage == "privacy":
+        labels = np.array(_FAKE_IMAGES[round(results["test"]["cmap"], 6)])[:, None]
+        np.savez(run_dir / "test_predictions.npz", labels=labels, logits=-np.arange(10.0)[:, None], attributes=np.array(["a"]))
+    elif stage == "anomaly":
+        # 10 anomalous videos (one anomalous frame, score 0.5) and 10 normal ones (10 frames each); k of the
+        # 100 normal frames score 1.0, the rest 0.0: frame AUC = (100 - k) / 100.
+        k = round(100 * (1 - results["test"]["headline"]["value"]))
+        normal = np.where(np.arange(100) < k, 1.0, 0.0)
+        clips = np.concatenate([np.full(10, 0.5), normal])
+        counts = np.array([1] * 10 + [10] * 10)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        np.savez(run_dir / "test_scores.npz", names=np.array([f"v{i:02d}" for i in range(20)]), labels=np.repeat([1, 0], 10),
+                 num_clips=counts, offsets=offsets, clip_scores=clips, clip_span=np.array(1),
+                 frame_labels=np.concatenate([np.ones(10, np.int8), np.zeros(100, np.int8)]), frame_offsets=offsets,
+                 robust_rescale=np.array(False))
+
+
 def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
     monkeypatch.setenv("TEDSPAD_PATHS", str(tiny_paths))
     runs = tiny_paths.parent / "runs"
@@ -92,7 +116,9 @@ def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
         if step.key in fail:
             return 2
         d = runs / step.stage / step.name
-        (d / "results.json").write_text(json.dumps(_fake_results(step.stage, step.name)))
+        results = _fake_results(step.stage, step.name)
+        (d / "results.json").write_text(json.dumps(results))
+        _fake_per_item(step.stage, d, results)
         return 0
 
     cfg = _cfg(["methods=[raw,blur,tedspad]", "run.name=fake"])
@@ -105,15 +131,28 @@ def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
     assert summary["points"]["tedspad"]["anomaly_change_pct"] == pytest.approx(100 * (0.87 - 0.9) / 0.9)
     assert summary["points"]["blur"]["cmap"] is None and summary["steps"]["privacy/blur"]["status"] == "failed"
     tables = (out / "tables.md").read_text()
-    assert "| TeD-SPAD (CE + L_D) | 50.00 | +37.50 | 87.00 | 86.00-88.00 | -3.33 |" in tables
-    assert summary["points"]["tedspad"]["anomaly_runs"] == pytest.approx([0.86, 0.87, 0.88])
+    # cMAP and AUC cells: mean [95% bootstrap CI] over the fakes' 10 images / 20 videos (and the 3 seeds for AUC).
+    assert "| TeD-SPAD (CE + L_D) | 50.00 [19.96, 96.67] | +37.50 | 87.00 [66.66, 100.00] | 86.00-88.00 | -3.33 |" in tables, tables
+    assert "| Raw (no anonymization) | 80.00 [47.78, 100.00] | +0.00 | 90.00 [70.67, 100.00] | 89.00-91.00 | +0.00 |" in tables
+    assert "| Blurring (people) | n/a | n/a | 89.00 [68.99, 100.00] | 88.00-90.00 | -1.11 |" in tables
+    assert "| TeD-SPAD (CE + L_D) | 70.00 [25.00, 100.00] |" in tables  # Table 1
+    assert "privacy cMAP (%) [95% CI]" in tables and "anomaly AUC (%), mean [95% CI]" in tables
+    ted = summary["points"]["tedspad"]
+    assert ted["anomaly_runs"] == pytest.approx([0.86, 0.87, 0.88]) and ted["cmap_runs"] == pytest.approx([0.5])
+    assert ted["anomaly_ci"]["per_seed"] == pytest.approx([0.86, 0.87, 0.88]) and len(ted["anomaly_ci"]["per_seed_ci"]) == 3
+    assert (ted["anomaly_ci"]["low"], ted["anomaly_ci"]["high"]) == pytest.approx((0.6666, 1.0), abs=1e-4)
+    assert ted["anomaly_ci"]["estimate"] == pytest.approx(ted["anomaly"]) and ted["anomaly_ci"]["resamples"] == 1000
+    assert ted["cmap_ci"]["per_seed"] == pytest.approx([0.5]) and ted["cmap_ci"]["unit"] == "image"
+    assert summary["bootstrap"] == {"resamples": 1000, "level": 0.95, "seed": 0} and "ci_missing" not in ted
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Second run: finished steps are reused, only the failed one is retried.
+    # Second run: finished steps are reused, only the failed one is retried, and a finished run that lost
+    # its per-item test file (made before the file existed) is run again so that its interval exists.
     launched.clear()
     fail.clear()
+    (runs / "anomaly" / "ucf_crime-raw-s1" / "test_scores.npz").unlink()
     assert reproduce.run(cfg, launcher=launcher) == 0
-    assert launched == ["privacy/blur"]
+    assert sorted(launched) == ["anomaly/ucf_crime-raw-s1", "privacy/blur"]
 
     # A changed upstream config reruns that step and everything that reads it, not the rest.
     launched.clear()
@@ -121,6 +160,23 @@ def test_reuse_resume_and_failure_handling(tiny_paths, monkeypatch, tmp_path):
     reproduce.run(cfg2, launcher=launcher)
     assert sorted(launched) == sorted(k for k in build_plan(cfg2).steps if k.split("/")[0] in ("extraction", "anomaly"))
     assert any(p.name.startswith("ucf_crime-raw.stale-") for p in (runs / "extraction").iterdir())
+
+
+def test_interval_is_na_without_a_per_item_file(tmp_path):
+    """A run whose per-item file is missing or disagrees with results.json gets no interval, and says why."""
+    plan = reproduce.Plan(points={"raw": reproduce.Point("Raw", "privacy/raw", ("anomaly/a-s0",))}, tables={"main": ["raw"]})
+    for key in ("privacy/raw", "anomaly/a-s0"):
+        (tmp_path / key).mkdir(parents=True)
+    results = {"privacy/raw": {"test": {"cmap": 0.8}}, "anomaly/a-s0": {"test": {"headline": {"metric": "auc", "value": 0.9}}}}
+    done = {k: {"status": "ran", "results": r, "run_dir": str(tmp_path / k)} for k, r in results.items()}
+    _fake_per_item("anomaly", tmp_path / "anomaly/a-s0", {"test": {"headline": {"metric": "auc", "value": 0.8}}})  # not 0.9
+    summary = reproduce.collect(plan, done, reproduce.BootstrapSection(resamples=50))
+    point = summary["points"]["raw"]
+    assert point["cmap_ci"] is None and "test_predictions.npz" in point["ci_missing"]["cmap_ci"]
+    assert point["anomaly_ci"] is None and "results.json 0.900000" in point["ci_missing"]["anomaly_ci"]
+    assert "| Raw | 80.00 [n/a] | +0.00 | 90.00 [n/a] | 90.00-90.00 | +0.00 |" in reproduce.render_tables(summary)
+    reproduce.draw_tradeoff(summary, tmp_path / "t.png")  # no error bars, still a plot
+    assert (tmp_path / "t.png").stat().st_size > 1000
 
 
 def test_end_to_end_on_a_tiny_world(tiny_paths, monkeypatch):
@@ -157,6 +213,7 @@ def _check_wiring(runs: Path, summary: dict, tables: str) -> None:
 
     from aux_code.checkpoint import file_digest
     from aux_code.features import read_manifest
+    from aux_code.stats import cmap_ci, frame_metric_ci
 
     def results(key: str) -> dict:
         return json.loads((runs / key / "results.json").read_text())
@@ -200,13 +257,21 @@ def _check_wiring(runs: Path, summary: dict, tables: str) -> None:
         change = 100.0 * (auc - raw_auc) / raw_auc + 0.0
         assert point["cmap"] == pytest.approx(cmap, abs=1e-12) and point["anomaly"] == pytest.approx(auc, abs=1e-12)
         assert point["privacy_reduction_pct"] == pytest.approx(reduction) and point["anomaly_change_pct"] == pytest.approx(change)
-        row = (f"| {label} | {100 * cmap:.2f} | {reduction:+.2f} | {100 * auc:.2f} | {100 * min(aucs):.2f}-{100 * max(aucs):.2f} "
+        # The intervals come from the runs' own per-item files (stage 2's images, stage 4's videos).
+        z = np.load(runs / point["privacy_step"] / "test_predictions.npz", allow_pickle=False)
+        c_ci = cmap_ci(z["labels"], [z["logits"]])
+        items = [reproduce.anomaly_test_items(runs / key) for key in point["anomaly_steps"]]
+        a_ci = frame_metric_ci(items[0][1], [s for _, _, s in items])
+        assert c_ci.per_seed == pytest.approx([cmap], abs=1e-12) and a_ci.per_seed == pytest.approx(aucs, abs=1e-12)
+        assert point["cmap_ci"]["low"] == c_ci.low and point["anomaly_ci"]["high"] == a_ci.high
+        row = (f"| {label} | {100 * cmap:.2f} [{100 * c_ci.low:.2f}, {100 * c_ci.high:.2f}] | {reduction:+.2f} | "
+               f"{100 * auc:.2f} [{100 * a_ci.low:.2f}, {100 * a_ci.high:.2f}] | {100 * min(aucs):.2f}-{100 * max(aucs):.2f} "
                f"| {change:+.2f} |")
         assert row in tables, (row, tables)
     # Table 1: each probe's cMAP is its run's, and the TeD-SPAD probe read TeD-SPAD's fA.
     assert {p["step"] for p in summary["probes"].values()} == {"privacy/probe-raw", "privacy/probe-tedspad"}
     for label, probe in summary["probes"].items():
         cmap = results(probe["step"])["test"]["cmap"]
-        assert probe["cmap"] == pytest.approx(cmap, abs=1e-12)
-        assert f"| {label} | {100 * cmap:.2f} |" in tables
+        assert probe["cmap"] == pytest.approx(cmap, abs=1e-12) and probe["cmap_ci"]["per_seed"] == pytest.approx([cmap], abs=1e-12)
+        assert f"| {label} | {100 * cmap:.2f} [{100 * probe['cmap_ci']['low']:.2f}, {100 * probe['cmap_ci']['high']:.2f}] |" in tables
     assert results("privacy/probe-tedspad")["anonymizer"].get("digest") == tedspad_digest

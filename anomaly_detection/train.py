@@ -161,6 +161,9 @@ def mgfn_step(model: nn.Module, optimizer: torch.optim.Optimizer, normal: torch.
     labels = torch.cat([torch.zeros(b), torch.ones(abnormal.shape[0])]).to(x.device)
     with stepper.autocast():
         out = model(x)
+    # BCE cannot take a NaN score (it raises an out-of-range error instead of naming the step): check first.
+    stepper.check({"segment_scores": out.scores.float().sum(), "topk_features": out.topk_features.float().sum()},
+                  half="MGFN forward")
     total, terms = mgfn_loss(scores=out.scores.float(), video_scores=out.video_scores.float(), labels=labels,
                              topk_features=out.topk_features.float(), **loss_kwargs)
     return stepper.update({"loss": total, **terms}, optimizer)

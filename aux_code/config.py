@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -286,15 +287,17 @@ def _coerce(value: Any, tp: Any, key: str, origins: dict) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise fail()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+        try:
             # YAML 1.1 reads '1e-4' (no dot) as a string; accept any text float() accepts.
-            try:
-                return float(value)
-            except ValueError:
-                raise fail() from None
-        raise fail()
+            number = float(value) if isinstance(value, (int, float, str)) else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise fail()
+        if not math.isfinite(number):
+            # No setting of this project means anything at inf or nan (an lr of inf trains to NaN).
+            raise fail(f"{key} = {shown} (from {where}) must be a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise fail()
@@ -393,6 +396,14 @@ def resolve_under(root: str | Path, path: str | Path) -> Path:
     """An absolute path as given; a relative one joined to ``root``."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(root) / p
+
+
+def path_under(root: str | Path, relative: str | Path, *, what: str, error: type[Exception] = ConfigError) -> Path:
+    """``root / relative``, refused (``error`` naming ``what``) when it is absolute or leaves ``root`` ('..')."""
+    base = Path(root).resolve()
+    if Path(relative).is_absolute() or not (base / relative).resolve().is_relative_to(base) or (base / relative).resolve() == base:
+        raise error(f"{what} = {str(relative)!r} must name a place inside {base} (no absolute path, no '..')")
+    return Path(root) / relative
 
 
 # --------------------------------------------------------------------------- output

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from aux_code.checkpoint import atomic_write
+from aux_code.config import path_under
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -110,10 +111,13 @@ def load_video_features(feature_dir: str | Path, entry: VideoEntry, *, feature_d
     Returns (S, D) or (S, crops, D) float32. A wrong row count, a wrong feature
     dimension or a non-finite value is an error naming the video.
     """
-    path = Path(feature_dir) / entry.file
+    path = path_under(feature_dir, entry.file, what=f"the manifest's file of video {entry.name}", error=FeatureSetError)
     if not path.is_file():
         raise FeatureSetError(f"features of video {entry.name} ({path}) are listed in the manifest but missing")
-    feats = np.load(path, allow_pickle=False)
+    try:
+        feats = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # a truncated or foreign file
+        raise FeatureSetError(f"features of video {entry.name} ({path}) cannot be read: {e}") from None
     if feats.shape[0] != entry.num_clips:
         raise FeatureSetError(f"video {entry.name}: {feats.shape[0]} feature rows, manifest says {entry.num_clips} clips")
     if feats.shape[-1] != feature_dim:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from aux_code.config import path_under
+
 
 def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' gives cuda:<local_rank> when CUDA is available, else CPU."""
@@ -144,4 +146,5 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def run_dir_for(runs_root: str | Path, stage: str, name: str) -> Path:
-    return Path(runs_root) / stage / name
+    """<runs_root>/<stage>/<name>; a run.name that would leave <runs_root>/<stage> is a ConfigError."""
+    return path_under(Path(runs_root) / stage, name, what="run.name")

@@ -14,6 +14,7 @@ from typing import Any
 
 from aux_code.config import PROJECT_ROOT, ConfigError, parse_cli
 from aux_code.runtime import shutdown_runtime
+from aux_code.training import NonFiniteLossError
 
 # config folder -> (module, schema class, stage package run as `python -m <package>`)
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -53,7 +54,8 @@ def stage_main(
     input_errors: tuple[type[BaseException], ...],
 ) -> int:
     """What every stage's ``python -m <stage>`` does: parse the config, run the stage, and turn an
-    input problem (one of ``input_errors``) into one message and exit status 2.
+    input problem (one of ``input_errors``) or a diverged training (NonFiniteLossError: stage, step,
+    minimax half and terms) into one message and exit status 2.
 
     ``run(cfg)`` may return an exit status (an int: feature extraction returns 1 when some video
     failed); any other return value (a results dict) means success, 0. The runtime (a torchrun
@@ -62,7 +64,7 @@ def stage_main(
     cfg = parse_cli(schema, argv, default_config=default_config, prog=prog)
     try:
         status = run(cfg)
-    except (ConfigError, *input_errors) as e:
+    except (ConfigError, NonFiniteLossError, *input_errors) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -294,3 +294,12 @@ def test_bf16_training_learns_like_fp32(world):
     assert abs(bf16["test"]["frame"]["roc_auc"] - fp32["test"]["frame"]["roc_auc"]) < 0.05
     with pytest.raises(ConfigError, match="precision = 'fp16' needs a CUDA device"):
         config("precision=fp16", "run.device=cpu")
+
+
+def test_a_diverging_lr_stops_with_the_step_not_inside_bce(world):
+    # lr 1e6 drives MGFN's scores to NaN within a few steps; BCE would raise "all elements of input
+    # should be between 0 and 1" instead of naming the step and the terms.
+    from aux_code.training import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"anomaly \((MGFN forward )?step\): non-finite loss at step \d+"):
+        run(config("optim.lr=1e6", "optim.epochs=20", "run.name=diverge"))

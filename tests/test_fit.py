@@ -111,3 +111,38 @@ def test_non_finite_loss_names_stage_half_step_and_terms(tmp_path):
 def test_stepper_scales_fp16_only():
     cpu = Precision("fp32", torch.device("cpu"))
     assert Stepper(cpu, stage="s").precision.scaler() is None
+
+
+def test_run_names_and_manifest_entries_stay_under_their_roots(tmp_path):
+    from aux_code.config import ConfigError
+    from aux_code.features import FeatureSetError, VideoEntry, load_video_features
+    from aux_code.runtime import run_dir_for
+
+    assert run_dir_for(tmp_path, "anomaly", "a-b") == tmp_path / "anomaly" / "a-b"
+    for bad in ("../other", "/tmp/elsewhere", "x/../../y", "."):
+        with pytest.raises(ConfigError, match="run.name"):
+            run_dir_for(tmp_path, "anomaly", bad)
+    entry = VideoEntry(name="v", file="../../secret.npy", split="test", label=0, class_name="Normal", num_frames=32, num_clips=1)
+    with pytest.raises(FeatureSetError, match="manifest's file of video v"):
+        load_video_features(tmp_path, entry, feature_dim=4)
+
+
+def test_a_truncated_feature_file_names_the_video(tmp_path):
+    import numpy as np
+
+    from aux_code.features import FeatureSetError, VideoEntry, load_video_features
+
+    np.save(tmp_path / "v.npy", np.zeros((2, 4), dtype=np.float32))
+    (tmp_path / "v.npy").write_bytes((tmp_path / "v.npy").read_bytes()[:-8])
+    entry = VideoEntry(name="v", file="v.npy", split="test", label=0, class_name="Normal", num_frames=64, num_clips=2)
+    with pytest.raises(FeatureSetError, match="video v .* cannot be read"):
+        load_video_features(tmp_path, entry, feature_dim=4)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_non_finite_floats_are_config_errors(value):
+    from aux_code.config import ConfigError, load_config
+    from anomaly_detection.config import AnomalyConfig
+
+    with pytest.raises(ConfigError, match="optim.lr = .* must be a finite number"):
+        load_config(AnomalyConfig, "configs/synthetic/anomaly/default.yaml", [f"optim.lr={value}"], check_paths=False)

@@ -3,7 +3,7 @@
 ``python -m scripts.luss_table1 [--seeds 0 1 2] [--datasets ped2 avenue shanghaitech_unsupervised]
 [--config-dir configs/synthetic/luss] [key=value ...]`` trains, per dataset and seed, LUSS-AE
 (VCR + FFP + PRP, the paper's alphas) and the VCR-only baseline (loss.ffp=0 loss.prp=0,
-eval.alphas=[1,0,0]) through ``python -m anomaly_detection.luss`` (finished runs are reused),
+eval.alphas=[1,0,0]) through ``python -m anomaly_detection.luss`` (a run folder holding results.json is reused as it is),
 then prints micro frame AUC (%) per dataset: mean over seeds with a 95% t-interval, and writes
 ``<paths.results>/luss/table1.md`` and ``table1_summary.json``. ``--variants luss vcr vcr_ffp vcr_prp``
 adds Table 2's other rows (VCR+FFP, VCR+PRP: the missing task's loss weight and alpha set to 0;
@@ -56,11 +56,15 @@ def run_one(config: Path, dataset: str, variant: str, seed: int, extra: list[str
     a1, a2, a3 = PAPER_ALPHAS[dataset]
     variant_args = [x.format(a1=a1, a2=a2, a3=a3) for x in VARIANTS[variant]]
     args = ["--config", str(config), f"run.seed={seed}", f"run.name={name}", *variant_args, *extra]
+    cfg = load_config(LussConfig, config, args[2:])
+    results = Path(cfg.paths.runs) / "luss" / name / "results.json"
+    if results.is_file():  # a finished run is reused as it is (delete its folder to train it again)
+        print(f"[luss_table1] reusing {results}", flush=True)
+        return json.loads(results.read_text())
     status = luss_main(args)
     if status != 0:
         raise SystemExit(f"run {name} failed with status {status}")
-    cfg = load_config(LussConfig, config, [a for a in args[2:]])
-    return json.loads((Path(cfg.paths.runs) / "luss" / name / "results.json").read_text())
+    return json.loads(results.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

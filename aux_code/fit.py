@@ -193,7 +193,7 @@ def load_models(task: Task, state: Mapping[str, Any], *, source: str) -> None:
 
 
 def _resume(task: Task, stepper: Stepper, ctx: RunContext) -> tuple[int, list[dict]]:
-    state = ctx.resume_or(None)
+    state = ctx.resume_or_none()
     if state is None:
         return 0, []
     source = f"resume checkpoint {ctx.run_dir / LAST}"

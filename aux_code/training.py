@@ -1,13 +1,12 @@
-"""Plumbing shared by every training stage: run directory, resume, selection, loss guards.
+"""Plumbing under the one training loop (aux_code.fit): run directory, resume, best tracking, loss guard.
 
-A stage's ``run(cfg)`` does::
+A training stage's ``run(cfg)`` does::
 
     ctx = start_run(cfg, stage="anomaly")          # seeds, device, run dir, config, logger
-    state = ctx.resume_or(fresh_state)              # {"epoch": 0, "model": ..., ...}
-    for epoch in range(state["epoch"], cfg.optim.epochs):
-        ...
-        ctx.save(state_dict_of_everything, epoch=epoch + 1, metric=val_auc)
-    ctx.finish()
+    try:
+        return fit(task, ctx, cfg=cfg, stage="anomaly", precision=precision)   # resume_or / save inside
+    finally:
+        ctx.finish()
 
 Checkpoints carry the python/numpy/torch RNG states so a resumed CPU run with
 ``run.deterministic=true`` reproduces the uninterrupted one exactly.
@@ -19,7 +18,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
@@ -131,12 +130,9 @@ class RunContext:
     def device(self) -> torch.device:
         return self.dist.device
 
-    def resume_or(self, fresh: Callable[[], dict] | dict) -> dict | None:
-        """The last checkpoint of this run directory (and its RNG state applied), or None.
-
-        Returns None when there is nothing to resume or resuming is off; the caller then
-        starts fresh. ``fresh`` is unused but documents what the stage would start from.
-        """
+    def resume_or_none(self) -> dict | None:
+        """The last checkpoint of this run directory (its RNG and best-tracker state applied), or None
+        when there is nothing to resume or resuming is off (the caller then starts fresh)."""
         path = self.run_dir / LAST
         if not (self.resume and path.is_file()):
             return None
@@ -165,8 +161,10 @@ class RunContext:
         self.logger.close()
 
 
-def start_run(cfg: Any, *, stage: str, select: Literal["max", "min"] = "max", tensorboard: bool = True) -> RunContext:
-    """Seed, pick the device, create <paths.runs>/<stage>/<run.name>, write the resolved config."""
+def start_run(cfg: Any, *, stage: str, tensorboard: bool = True) -> RunContext:
+    """Seed, pick the device, create <paths.runs>/<stage>/<run.name>, write the resolved config.
+
+    The best tracker's direction is the task's (fit sets it from ``task.selection``)."""
     dist = init_runtime(cfg.run.device)
     seed_everything(cfg.run.seed, rank=dist.rank, deterministic=cfg.run.deterministic)
     run_dir = run_dir_for(cfg.paths.runs, stage, cfg.run.name)
@@ -176,4 +174,4 @@ def start_run(cfg: Any, *, stage: str, select: Literal["max", "min"] = "max", te
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(cfg, run_dir)
     logger = MetricLogger(run_dir, enabled=dist.is_main, tensorboard=tensorboard)
-    return RunContext(run_dir=run_dir, dist=dist, logger=logger, resume=cfg.run.resume, best=BestTracker(mode=select))
+    return RunContext(run_dir=run_dir, dist=dist, logger=logger, resume=cfg.run.resume)

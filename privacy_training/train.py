@@ -116,7 +116,7 @@ def _common_results(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, da
 
 def run(cfg: PrivacyConfig) -> dict:
     """The stage (see the module docstring). Returns the results dict (also in results.json)."""
-    ctx = start_run(cfg, stage=STAGE, select="max")
+    ctx = start_run(cfg, stage=STAGE)
     try:
         fa = build_frame_anonymizer(cfg.anonymizer, runs_root=cfg.paths.runs, device=ctx.device)
         if cfg.task == "probe":

@@ -54,12 +54,12 @@ def test_start_run_save_and_resume(tmp_path):
     cfg.run.name = "r"
     ctx = start_run(cfg, stage="demo", tensorboard=False)
     assert (tmp_path / "demo" / "r" / "config.yaml").is_file()
-    assert ctx.resume_or({}) is None
+    assert ctx.resume_or_none() is None
     assert ctx.save({"w": torch.ones(1)}, epoch=1, metric=0.5)
     assert not ctx.save({"w": torch.zeros(1)}, epoch=2, metric=0.4)
     assert load_checkpoint(ctx.run_dir / "best.pt")["epoch"] == 1
     again = start_run(cfg, stage="demo", tensorboard=False)
-    state = again.resume_or({})
+    state = again.resume_or_none()
     assert state["epoch"] == 2 and torch.equal(state["w"], torch.zeros(1))
     assert again.best.best_epoch == 1
 

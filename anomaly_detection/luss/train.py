@@ -264,7 +264,7 @@ def run(cfg: LussConfig) -> dict:
     """The stage; returns results.json's dict."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("anomaly_detection.luss runs as a single process; launch it without torchrun")
-    ctx = start_run(cfg, stage=STAGE, select="min")
+    ctx = start_run(cfg, stage=STAGE)
     try:
         precision = Precision(cfg.precision, ctx.device)
         results = fit(LussTask(cfg, ctx, precision), ctx, cfg=cfg, stage=STAGE, precision=precision,

@@ -37,10 +37,7 @@ class Precision:
     """Autocast context and gradient scalers for one ``precision`` mode on one device."""
 
     def __init__(self, mode: str, device: torch.device) -> None:
-        if mode not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision = {mode!r} must be one of auto, fp32, bf16, fp16")
-        if mode == "fp16" and device.type != "cuda":
-            raise ConfigError(f"precision = 'fp16' needs a CUDA device; this run is on {device.type} (use fp32 or bf16)")
+        validate_precision(mode, device.type)
         self.dtype: torch.dtype | None = None
         if mode == "bf16":
             self.dtype = torch.bfloat16

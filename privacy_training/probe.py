@@ -20,7 +20,10 @@ from torch import nn
 from aux_code.fit import Selection, Stepper, StoredModel, Task
 from aux_code.metrics import cmap
 from aux_code.models.heads import MLPProbe
+from aux_code.models.mgfn import count_parameters
 from privacy_training.data import to_float
+from privacy_training.report import save_test_predictions
+from privacy_training.target import score_split
 
 
 def stack_clip(images: torch.Tensor, length: int) -> torch.Tensor:
@@ -97,9 +100,6 @@ class ProbeTask(Task):
         return {"cmap": cmap(self.labels["val"], probe_logits(self.probe, self.features["val"]), attribute_names=self.attributes).cmap}
 
     def report(self, split: str, *, save: Path | None = None) -> dict:
-        from privacy_training.report import save_test_predictions
-        from privacy_training.target import score_split
-
         logits = probe_logits(self.probe, self.features[split])
         if save is not None:
             save_test_predictions(save, self.labels[split], logits, self.attributes)
@@ -108,7 +108,7 @@ class ProbeTask(Task):
     def finish(self, selected: dict) -> dict:
         test = self.report("test", save=self.predictions)
         return {**self.extra(test), "validation": self.report("val"), "test": test,
-                "probe": {**self.spec, "epochs": self.epochs, "parameters": sum(p.numel() for p in self.probe.parameters())}}
+                "probe": {**self.spec, "epochs": self.epochs, "parameters": count_parameters(self.probe)}}
 
 
 @torch.inference_mode()

@@ -18,6 +18,7 @@ from torch import nn
 
 from aux_code.fit import Selection, Stepper, StoredModel, Task
 from aux_code.metrics import CMAPResult, cmap, macro_f1
+from aux_code.models.mgfn import count_parameters
 from aux_code.schedule import Schedule
 from privacy_training.data import PrivacyDataError, to_float
 from privacy_training.report import save_test_predictions
@@ -77,6 +78,7 @@ class TargetTask(Task):
         self.optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.schedule = Schedule(cfg.schedule, lr=o.lr, optimizers=[self.optimizer], mode="max")
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        self.init = cfg.model.weights or "scratch"
 
     def models(self) -> dict[str, StoredModel]:
         return {"target": StoredModel("target", self.spec, self.model)}
@@ -123,7 +125,7 @@ class TargetTask(Task):
     def finish(self, selected: dict) -> dict:
         test = self.report(*self.test, save=self.predictions)
         return {**self.extra(test), "validation": self.report(*self.val), "test": test,
-                "model": {**self.spec, "parameters": sum(p.numel() for p in self.model.parameters())}}
+                "model": {**self.spec, "parameters": count_parameters(self.model), "init": self.init}}
 
 
 @torch.inference_mode()

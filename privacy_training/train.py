@@ -150,7 +150,7 @@ def _run_target(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, datase
         reduction, compared = _comparison(cfg, test_report["cmap"])
         ctx.logger.log(0, {"test_cmap": test_report["cmap"], "test_macro_f1": test_report["macro_f1"]}, phase="test")
         return {**_common_results(cfg, ctx, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
-                "init": cfg.model.weights or "scratch", "leakage": _leakage(cfg, fa, test) if cfg.leakage.enabled else None}
+                "leakage": _leakage(cfg, fa, test) if cfg.leakage.enabled else None}
 
     # The cache is small (uint8): move it once so a step is a gather on the device.
     task = TargetTask(model.to(device), spec, images=train.images.to(device), labels=train.labels.to(device),

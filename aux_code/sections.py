@@ -18,7 +18,10 @@ from typing import Any, Optional
 
 from torch import nn
 
+from aux_code.checkpoint import file_digest
 from aux_code.config import ConfigError, opt, resolve_under
+from aux_code.models import build_utility
+from aux_code.models.stored import load_stored_model
 
 HELP = {
     "clip_len": "Frames per clip fed to the video model (paper: 16).",
@@ -116,10 +119,6 @@ class UtilitySource:
 
     def load(self, paths: Any) -> tuple[nn.Module, dict]:
         """fT in eval mode and its description (name, checkpoint or weights, file digest)."""
-        from aux_code.checkpoint import file_digest
-        from aux_code.models import build_utility
-        from aux_code.models.stored import load_stored_model
-
         ckpt = self.checkpoint_path(paths)
         if ckpt is not None:
             model, spec = load_stored_model(ckpt, self.model_key, config_key="utility.checkpoint")

@@ -30,7 +30,7 @@ import torch
 from einops import rearrange
 
 from aux_code.anonymizers import FrameAnonymizer, build_frame_anonymizer
-from aux_code.config import experiment_hash, resolve_under
+from aux_code.config import resolve_under
 from aux_code.fit import fit
 from aux_code.datasets.vispr import VISPR
 from aux_code.models import build_target
@@ -91,16 +91,13 @@ def _comparison(cfg: PrivacyConfig, test_cmap: float) -> tuple[float | None, dic
     return privacy_reduction(raw, test_cmap), {"path": str(path), "raw_cmap": raw}
 
 
-def _common_results(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, data: PrivacyData) -> dict:
+def _common_results(cfg: PrivacyConfig, fa: FrameAnonymizer, data: PrivacyData) -> dict:
+    """Stage 2's part of results.json beside fit's run, run_dir, task, selection and config_hash."""
     return {
-        "run": cfg.run.name,
-        "run_dir": str(ctx.run_dir),
-        "task": cfg.task,
         "dataset": "VISPR",
         "vispr_root": str(cfg.paths.vispr),
         "anonymizer": fa.describe(),
         "anonymizer_label": anonymizer_label(fa.describe()),
-        "config_hash": experiment_hash(cfg),
         "resolution": cfg.clip.resolution,
         "counts": data.counts(),
         "decode_failures": {name: [list(f) for f in fl] for name, fl in data.failures().items()},
@@ -149,7 +146,7 @@ def _run_target(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, datase
     def extra(test_report: dict) -> dict:
         reduction, compared = _comparison(cfg, test_report["cmap"])
         ctx.logger.log(0, {"test_cmap": test_report["cmap"], "test_macro_f1": test_report["macro_f1"]}, phase="test")
-        return {**_common_results(cfg, ctx, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
+        return {**_common_results(cfg, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
                 "leakage": _leakage(cfg, fa, test) if cfg.leakage.enabled else None}
 
     # The cache is small (uint8): move it once so a step is a gather on the device.
@@ -260,7 +257,7 @@ def _run_probe(
         utility_info = {"source": u.checkpoint or u.weights, "model_key": u.model_key if u.checkpoint else None,
                         "feature_dim": int(feats["train"].shape[1]), "clip_len": cfg.clip.clip_len,
                         "parameters": count_parameters(utility), "feature_time_s": round(feature_time, 3)}
-        return {**_common_results(cfg, ctx, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
+        return {**_common_results(cfg, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
                 "utility": utility_info, "leakage": None}
 
     task = ProbeTask(features=feats, labels={name: split.labels.to(device) for name, split in data.splits.items()},

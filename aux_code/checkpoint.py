@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Mapping
@@ -16,6 +17,8 @@ from typing import IO, Any, Callable, Iterable, Mapping
 import torch
 
 FORMAT_VERSION = 1
+# atomic_write's temporary files are ".<target name>.<random>.tmp" next to the target.
+TEMP_SUFFIX = ".tmp"
 # Wrappers that prefix every key: DistributedDataParallel/DataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -27,11 +30,18 @@ class CheckpointError(RuntimeError):
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary file in the same folder, then rename it to ``path``.
 
-    A reader never sees a half-written file, and a crash leaves the previous file intact.
+    A reader never sees a half-written file, and a crash leaves the previous file intact (a
+    kill can leave the temporary ``.<name>.*.tmp``; :func:`remove_stale_temporaries` clears
+    them). An OS error on the way (disk full, no permission) is raised as an OSError naming
+    ``path``, also when the writer wrapped it in its own error (torch.save reports a full disk
+    as ``enforce fail at inline_container.cc``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -42,10 +52,53 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error_in(e)
+        if cause is not None:
+            raise _naming(cause, path) from e
         raise
     return path
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """``e`` if it is an OS error, or the one a RuntimeError was raised from (torch.save wraps them), else None."""
+    if isinstance(e, OSError):
+        return e if e.errno is not None else None
+    if not isinstance(e, RuntimeError):
+        return None
+    inner = e.__cause__ or e.__context__
+    for _ in range(8):
+        if inner is None:
+            return None
+        if isinstance(inner, OSError) and inner.errno is not None:
+            return inner
+        inner = inner.__cause__ or inner.__context__
+    return None
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same OS error (errno picks the subclass: PermissionError, ...) with ``path`` as its file name."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed :func:`atomic_write` left under ``folder``; returns them.
+
+    Call it only where no other process is writing (a run directory, before its run starts)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> Path:
+    """Copy a file's bytes to ``dst`` atomically (see :func:`atomic_write`)."""
+    with open(src, "rb") as source:
+        return atomic_write(dst, lambda f: shutil.copyfileobj(source, f, 1 << 20))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -86,6 +139,15 @@ def load_checkpoint(path: str | Path, *, what: str = "checkpoint", config_key: s
     if not isinstance(data, dict):
         raise CheckpointError(f"{label} {path} holds a {type(data).__name__}, expected a dict")
     return data
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The ``epoch`` a checkpoint holds, read without loading its tensors (None: missing, unreadable, no epoch)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(data["epoch"]) if isinstance(data, dict) and data.get("epoch") is not None else None
+    except Exception:  # missing, truncated or foreign: the caller treats all alike as "not this epoch"
+        return None
 
 
 def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str] = WRAPPER_PREFIXES) -> dict:

@@ -274,6 +274,11 @@ def _finish(task: Task, ctx: RunContext, *, cfg: Any, history: list[dict], preci
     state = load_checkpoint(ctx.run_dir / selected, what="selected checkpoint")
     load_models(task, state, source=f"selected checkpoint {ctx.run_dir / selected}")
     epoch = int(state["epoch"])
+    expected = ctx.best.best_epoch if task.selection is not None else history[-1]["epoch"]
+    if epoch != expected:
+        # Reporting one epoch's score with another epoch's weights is the error this guards against.
+        raise CheckpointError(f"selected checkpoint {ctx.run_dir / selected} holds epoch {epoch}, but the run's selection "
+                              f"(last.pt) is epoch {expected}; start the run over with run.resume=false")
     chosen = next(h for h in history if h["epoch"] == epoch)
     strip = lambda h: {k[4:]: v for k, v in h.items() if k.startswith("val_")}  # noqa: E731
     results: dict[str, Any] = {

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from aux_code.checkpoint import load_checkpoint, save_checkpoint
+from aux_code.checkpoint import CheckpointError, atomic_copy, checkpoint_epoch, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from aux_code.config import ConfigError, flatten_mapping, to_dict, write_run_config
 from aux_code.runtime import DistInfo, MetricLogger, init_runtime, run_dir_for, seed_everything
 
@@ -132,7 +132,9 @@ class RunContext:
 
     def resume_or_none(self) -> dict | None:
         """The last checkpoint of this run directory (its RNG and best-tracker state applied), or None
-        when there is nothing to resume or resuming is off (the caller then starts fresh)."""
+        when there is nothing to resume or resuming is off (the caller then starts fresh).
+
+        best.pt is made to hold the epoch last.pt selects first (see :meth:`save`)."""
         path = self.run_dir / LAST
         if not (self.resume and path.is_file()):
             return None
@@ -141,11 +143,43 @@ class RunContext:
             set_rng_state(state["rng"])
         if "best" in state:
             self.best.load_state_dict(state["best"])
+            if self.dist.is_main:
+                self.repair_best(state)
         return state
+
+    def repair_best(self, state: Mapping[str, Any]) -> None:
+        """Make best.pt hold the epoch that ``state`` (last.pt) selects.
+
+        last.pt is the one record of the selection: it names the best epoch. save() writes
+        last.pt first and best.pt after it, so a kill between the two leaves a last.pt whose
+        best epoch is its own epoch while best.pt holds an older one (or a half-written
+        temporary): last.pt then *is* the best state, and is copied. Any other disagreement
+        cannot come from a kill of this code and is an error."""
+        best_epoch = (state.get("best") or {}).get("best_epoch")
+        if best_epoch is None:
+            return
+        best, last = self.run_dir / BEST, self.run_dir / LAST
+        held = checkpoint_epoch(best)
+        if held == best_epoch:
+            return
+        if int(state["epoch"]) == int(best_epoch):
+            atomic_copy(last, best)
+            print(f"[resume] {best} held epoch {held}, {last} selects its own epoch {best_epoch} "
+                  "(the run stopped between the two writes): best.pt rewritten from last.pt", flush=True)
+            return
+        raise CheckpointError(
+            f"{best} holds epoch {held} but {last} (epoch {state['epoch']}) selects epoch {best_epoch}; the "
+            "selected weights are gone, so the run cannot report a consistent selection: start it over "
+            "with run.resume=false (or another run.name)"
+        )
 
     def save(self, state: Mapping[str, Any], *, epoch: int, metric: float | None = None) -> bool:
         """Write last.pt (always) and best.pt (when ``metric`` improves); rank 0 only.
 
+        last.pt is the one atomic record that decides: model state, the best tracker and the
+        selected epoch. It is written first; best.pt, a copy of it made when the epoch became
+        the best, second. Whatever instant a kill comes, the next :meth:`resume_or_none`
+        finds a last.pt whose selection best.pt holds, or repairs it (:meth:`repair_best`).
         Returns whether this epoch became the best.
         """
         improved = metric is not None and self.best.update(metric, epoch)
@@ -154,7 +188,7 @@ class RunContext:
             data.update(epoch=epoch, rng=rng_state(), best=self.best.state_dict())
             save_checkpoint(data, self.run_dir / LAST)
             if improved:
-                save_checkpoint(data, self.run_dir / BEST)
+                atomic_copy(self.run_dir / LAST, self.run_dir / BEST)
         return improved
 
     def finish(self) -> None:
@@ -172,6 +206,8 @@ def start_run(cfg: Any, *, stage: str, tensorboard: bool = True) -> RunContext:
         check_resumable(run_dir, cfg)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # Half-written files of a killed run (atomic_write's temporaries) are never read: clear them.
+        remove_stale_temporaries(run_dir)
         write_run_config(cfg, run_dir)
     logger = MetricLogger(run_dir, enabled=dist.is_main, tensorboard=tensorboard)
     return RunContext(run_dir=run_dir, dist=dist, logger=logger, resume=cfg.run.resume)

@@ -15,6 +15,9 @@ budget_ssl          fB with SimCLR NT-Xent on privacy train images; best = min v
                     NT-Xent loss on the privacy val images (carved from train).
 minimax             TeD-SPAD Algorithm 1 (or SPAct / the ablations, ``loss.method``) from the
                     three inits above; best by ``eval.select`` (see :class:`EvalSection`).
+                    Remedies (issue 14), all off by default: a budget ensemble and restarts
+                    (``budget.*``), a bounded privacy objective (``loss.privacy``), selection by
+                    a fresh attacker (``fresh_attacker.*``, ``eval.select=attacker_tradeoff``).
 ==================  =====================================================================
 
 Paper settings live in configs/anonymization/, the embedded default (tiny models, small
@@ -80,8 +83,9 @@ class ModelSection:
         "re-initialised for the proxy classes. null: random init.",
     )
     utility_dropout: float = opt(0.5, "Dropout before fT's classifier (I3D-R50 only; 0.5 in the paper's I3D).")
-    utility_clip_input: Optional[Literal["rgb", "difference"]] = opt(
-        None, "What fT's stem sees (I3D-R50 only): 'rgb' frames or frame 'difference's; null: the preset's default."
+    utility_clip_input: Optional[Literal["rgb", "difference", "rgb_difference"]] = opt(
+        None, "What fT's stem sees (I3D-R50 only): 'rgb' frames, frame 'difference's, or both stacked ('rgb_difference'); "
+        "null: the preset's default."
     )
     budget: str = opt("resnet50", "fB: 'resnet50' or 'resnet_tiny' (backbone + 2-layer projection, L2-normalised).")
     budget_weights: Optional[str] = opt(
@@ -130,8 +134,57 @@ class LossSection:
     )
     invariance_temperature: float = opt(0.1, "Temperature of L_I (temporal_invariance method).")
     temperature: float = opt(0.1, "NT-Xent temperature of the budget loss L_B (SPAct: 0.1).")
-    w_t: float = opt(0.7, "w_T: weight of L_T in fA's Step-1 loss w_T * L_T - w_B * L_B (public code: 0.7).")
-    w_b: float = opt(1.0, "w_B: weight of L_B in fA's Step-1 loss (public code: 1.0).")
+    w_t: float = opt(0.7, "w_T: weight of L_T in fA's Step-1 loss w_T * L_T + w_B * P (P = -L_B in the paper; public code: 0.7).")
+    w_b: float = opt(1.0, "w_B: weight of fA's privacy term P in its Step-1 loss w_T * L_T + w_B * P (public code: 1.0).")
+    privacy: Literal["ntxent", "entropy"] = opt(
+        "ntxent",
+        "fA's privacy term P against a budget model (fB always minimises NT-Xent): 'ntxent' = -L_B (the paper: fA "
+        "maximises fB's NT-Xent, so it wins most by making a view's positive the least similar, a pattern a fresh "
+        "attacker relearns); 'entropy' = 1 - H / log(2N - 1), H the mean entropy of fB's softmax over each row's "
+        "2N - 1 similarities: bounded in [0, 1], 0 at uniform similarity (BDQ / ALBAR's 'make the budget unsure').",
+    )
+
+
+@dataclass
+class BudgetSection:
+    """minimax only: the budget models fA plays against (Wu et al., TPAMI 2020)."""
+
+    ensemble: int = opt(
+        1,
+        "Budget models K: fB (from init.budget) plus K - 1 copies of its architecture with their own seeded random "
+        "init; fA's Step-1 privacy term is the worst case (max over members), Step 2 trains every member on the same "
+        "batch. 1: the paper's single fB.",
+    )
+    restart_every: Optional[int] = opt(
+        None,
+        "Re-initialise every budget member (and clear its Adam state) every N minimax steps, before Step 1 of steps "
+        "N + 1, 2N + 1, ... (Wu et al.'s 'restarting'; they use 200). null: never.",
+    )
+    restart_from: Literal["init", "random"] = opt(
+        "init",
+        "What a restart loads: 'init' = each member's start of the run (fB: the budget_ssl checkpoint of init.budget; "
+        "the others: their seeded init); 'random' = a fresh seeded random init per restart (fB too).",
+    )
+
+
+@dataclass
+class FreshAttackerSection:
+    """minimax only: the fresh attacker probe (anonymization_training.attacker) run at every validation."""
+
+    enabled: bool = opt(
+        False,
+        "At every validation (and epoch 0) train a fresh tiny CNN on fA's anonymized attacker-train images with their "
+        "attribute labels and record its cMAP on the attacker-validation images (val_attacker_cmap), with SSIM / PSNR "
+        "of fA's output to its input on those images. Needed by eval.select = attacker_tradeoff; the training itself "
+        "is unchanged by it (own seeded RNG).",
+    )
+    validation_fraction: float = shared("validation_fraction", 0.3)
+    validation_seed: int = shared("validation_seed", 0)
+    crop_scale: float = shared("crop_scale", 1.0)
+    steps: int = opt(300, "Adam steps of each fresh attacker.")
+    batch_size: int = opt(64, "Images per attacker step.")
+    lr: float = opt(3e-3, "Attacker Adam learning rate.")
+    width: int = opt(16, "Width of the attacker CNN's first block (then 2x, 4x).")
 
 
 @dataclass
@@ -154,14 +207,17 @@ class EvalSection:
     """Validation cadence, checkpoint selection and the image grid."""
 
     every: int = shared("eval.every", 1)
-    select: Literal["tradeoff", "action_top1", "budget_acc"] = opt(
+    select: Literal["tradeoff", "action_top1", "budget_acc", "attacker_tradeoff"] = opt(
         "tradeoff",
         "minimax selection rule on the validation splits (epoch 0, the untrained inits, is recorded but not "
         "selectable): 'tradeoff' = max action_top1 - budget_acc among epochs whose action_top1 >= "
         "epoch-0 action_top1 - max_action_drop (epochs outside the margin score -1 - budget_acc); "
-        "'action_top1' = max action top-1; 'budget_acc' = min budget NT-Xent accuracy.",
+        "'action_top1' = max action top-1; 'budget_acc' = min budget NT-Xent accuracy; 'attacker_tradeoff' = "
+        "'tradeoff' with the fresh attacker's validation cMAP in place of budget_acc (needs fresh_attacker.enabled; "
+        "the budget model fA was trained to fool plays no part).",
     )
-    max_action_drop: float = opt(0.1, "tradeoff rule: largest allowed drop of validation action top-1 (a fraction) from epoch 0.")
+    max_action_drop: float = opt(
+        0.1, "tradeoff rules: largest allowed drop of validation action top-1 (a fraction) from epoch 0.")
     clips_per_video: int = opt(1, "Evenly spaced clips per validation / test video; their logits are averaged.")
     budget_batch: int = opt(64, "Images per NT-Xent chunk in validation (the accuracy depends on the chunk size; fixed here).")
     grid_images: int = opt(8, "Fixed privacy val images shown, with fA's output under them, in the image grid (0: none).")
@@ -179,6 +235,8 @@ class AnonymizationConfig:
     model: ModelSection = opt(ModelSection(), "Architectures and fresh-init weights.")
     init: InitSection = opt(InitSection(), "minimax: init checkpoints.")
     loss: LossSection = opt(LossSection(), "Utility and budget losses.")
+    budget: BudgetSection = opt(BudgetSection(), "minimax: budget ensemble and restarts.")
+    fresh_attacker: FreshAttackerSection = opt(FreshAttackerSection(), "minimax: fresh-attacker probe at validation.")
     optim: OptimSection = opt(OptimSection(), "Optimisers.")
     schedule: ScheduleSection = opt(ScheduleSection(), "Learning-rate schedule of the single-model tasks (minimax: none).")
     precision: PrecisionMode = opt("auto", PRECISION_HELP)
@@ -197,7 +255,7 @@ class AnonymizationConfig:
         return None if value is None else resolve_under(self.paths.runs, value)
 
     def validate(self) -> None:
-        d, o, lo, e = self.data, self.optim, self.loss, self.eval
+        d, o, lo, e, b, fa = self.data, self.optim, self.loss, self.eval, self.budget, self.fresh_attacker
         checks = [
             (0.0 < d.action_validation_fraction < 1.0, f"data.action_validation_fraction = {d.action_validation_fraction} must be in (0, 1): selection needs a validation split"),
             (0.0 < d.privacy_validation_fraction < 1.0, f"data.privacy_validation_fraction = {d.privacy_validation_fraction} must be in (0, 1)"),
@@ -220,6 +278,16 @@ class AnonymizationConfig:
             (e.budget_batch >= 2, f"eval.budget_batch = {e.budget_batch} must be >= 2"),
             (e.grid_images >= 0, f"eval.grid_images = {e.grid_images} must be >= 0"),
             (0.0 <= e.max_action_drop <= 1.0, f"eval.max_action_drop = {e.max_action_drop} must be a fraction in [0, 1]"),
+            (b.ensemble >= 1, f"budget.ensemble = {b.ensemble} must be >= 1 (the number of budget models)"),
+            (b.restart_every is None or b.restart_every >= 1,
+             f"budget.restart_every = {b.restart_every} must be >= 1 (steps between budget restarts) or null (never)"),
+            (0.0 < fa.validation_fraction < 1.0, f"fresh_attacker.validation_fraction = {fa.validation_fraction} must be in (0, 1)"),
+            (0.0 < fa.crop_scale <= 1.0, f"fresh_attacker.crop_scale = {fa.crop_scale} must be in (0, 1]"),
+            (fa.steps >= 1 and fa.batch_size >= 2 and fa.width >= 1 and fa.lr > 0,
+             f"fresh_attacker.steps = {fa.steps}, batch_size = {fa.batch_size}, width = {fa.width} and lr = {fa.lr} "
+             "must be >= 1, >= 2, >= 1 and > 0"),
+            (e.select != "attacker_tradeoff" or fa.enabled,
+             "eval.select = attacker_tradeoff scores epochs with the fresh attacker: set fresh_attacker.enabled = true"),
         ]
         for ok, message in checks:
             if not ok:

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Cells: validation video top-1 (%) per evaluated epoch.")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="stage-1 config overrides applied to every run")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="stage-1 config file (task utility_pretrain)")
-    p.add_argument("--inputs", nargs="+", default=["rgb", "difference"], choices=["rgb", "difference"])
+    p.add_argument("--inputs", nargs="+", default=["rgb", "difference"], choices=["rgb", "difference", "rgb_difference"])
     p.add_argument("--root", default=None, help="UCF101-layout root (paths.ucf101; default: configs/paths.yaml's)")
     p.add_argument("--runs", default=None, help="keep the runs under this paths.runs (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")

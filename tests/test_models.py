@@ -156,6 +156,23 @@ def test_frame_difference_input_sees_only_what_changes():
         tiny_r50(clip_input="flow")
 
 
+def test_rgb_difference_input_sees_appearance_and_motion():
+    torch.manual_seed(0)
+    model = tiny_r50(clip_input="rgb_difference").eval()
+    assert model.stem.conv.in_channels == 6
+    still = torch.rand(1, 3, 1, 32, 32).expand(1, 3, 8, 32, 32)
+    other_still = torch.rand(1, 3, 1, 32, 32).expand(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        # a still picture keeps a feature of its own (Table 1's probe needs this) ...
+        assert not torch.allclose(model(still)[1], model(other_still)[1])
+        # ... and the difference channels are really fed: zeroing the frame half of the stem
+        # leaves a model that, like clip_input="difference", cannot tell two stills apart
+        model.stem.conv.weight[:, :3] = 0
+        assert torch.allclose(model(still)[1], model(other_still)[1])
+        moving = torch.rand(1, 3, 8, 32, 32)
+        assert not torch.allclose(model(moving)[1], model(still)[1])
+
+
 def test_i3d_r50_temporal_kernels_follow_the_public_pattern():
     model = I3DResNet(width=4, blocks=(3, 4, 6, 3))
     kernels = [[b.conv_a.kernel_size[0] for b in getattr(model, f"layer{i}")] for i in range(1, 5)]

@@ -279,3 +279,15 @@ def test_world_size_validation_names_the_field():
         plan_world(dataclasses.replace(TINY, test_groups=2, groups_per_class=2), 0)
     with pytest.raises(ValueError, match="anomaly_frames"):
         WorldSize(anomaly_frames=(50, 80)).validate()
+    with pytest.raises(ValueError, match="anomaly_test_frames"):
+        WorldSize(anomaly_test_frames=(90, 100)).validate()
+
+
+def test_test_videos_take_their_own_lengths():
+    # Many short test videos (narrow AUC intervals) without touching what MGFN trains on.
+    size = dataclasses.replace(TINY, anomaly_frames=(200, 210), anomaly_test_frames=(96, 100))
+    plans = plan_world(size, 0).ucf_crime
+    assert {p.split for p in plans} == {"train", "test"}
+    for p in plans:
+        low, high = (96, 100) if p.split == "test" else (200, 210)
+        assert low <= p.num_frames <= high, (p.name, p.split, p.num_frames)

@@ -54,6 +54,8 @@ I3D_R50_TEMPORAL_KERNELS: tuple[tuple[int, ...], ...] = (
 )
 
 Stem = Literal["resnet3d", "pytorchvideo"]
+ClipInput = Literal["rgb", "difference", "rgb_difference"]
+CLIP_INPUTS: tuple[str, ...] = ("rgb", "difference", "rgb_difference")
 
 
 class Bottleneck3d(nn.Module):
@@ -92,9 +94,9 @@ class Bottleneck3d(nn.Module):
 
 
 class _Stem(nn.Module):
-    """conv (5, 7, 7) + BN + ReLU + max-pool: (B, 3, T, H, W) -> (B, width, T', H/4, W/4)."""
+    """conv (5, 7, 7) + BN + ReLU + max-pool: (B, C, T, H, W) -> (B, width, T', H/4, W/4), C = in_channels."""
 
-    def __init__(self, width: int, variant: Stem):
+    def __init__(self, width: int, variant: Stem, in_channels: int = 3):
         super().__init__()
         if variant == "resnet3d":
             conv_stride, pool_kernel, pool_stride, pool_pad = (2, 2, 2), (2, 3, 3), (2, 2, 2), (0, 0, 0)
@@ -102,7 +104,7 @@ class _Stem(nn.Module):
             conv_stride, pool_kernel, pool_stride, pool_pad = (1, 2, 2), (1, 3, 3), (1, 2, 2), (0, 1, 1)
         else:
             raise ValueError(f"I3DResNet: stem must be 'resnet3d' or 'pytorchvideo', got {variant!r}")
-        self.conv = nn.Conv3d(3, width, (5, 7, 7), stride=conv_stride, padding=(2, 3, 3), bias=False)
+        self.conv = nn.Conv3d(in_channels, width, (5, 7, 7), stride=conv_stride, padding=(2, 3, 3), bias=False)
         self.bn = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool3d(pool_kernel, stride=pool_stride, padding=pool_pad)
@@ -125,7 +127,10 @@ class I3DResNet(nn.Module):
     zero for the first frame) instead of the normalised frames. The paper's fT is RGB with
     Kinetics weights; the synthetic world's tiny fT is trained from scratch on a few hundred
     clips, where an RGB stem learns the scenes and people first and motion hardly at all
-    (docs/benchmarks.md, "Synthetic fT"), so the tiny preset sees what moves.
+    (docs/benchmarks.md, "Synthetic fT"). ``clip_input="rgb_difference"`` feeds both, stacked
+    on channels (B, 6, T, H, W): the differences carry the motion the tiny fT learns from,
+    the frames keep appearance, so a still image (no difference at all) still gets a feature
+    of its own, as it does from the paper's RGB fT (Table 1's feature probe needs that).
     """
 
     def __init__(
@@ -137,11 +142,11 @@ class I3DResNet(nn.Module):
         temporal_kernels: Sequence[Sequence[int]] | None = None,
         stem: Stem = "resnet3d",
         dropout: float = 0.5,
-        clip_input: Literal["rgb", "difference"] = "rgb",
+        clip_input: ClipInput = "rgb",
     ):
         super().__init__()
-        if clip_input not in ("rgb", "difference"):
-            raise ValueError(f"I3DResNet: clip_input must be 'rgb' or 'difference', got {clip_input!r}")
+        if clip_input not in CLIP_INPUTS:
+            raise ValueError(f"I3DResNet: clip_input must be one of {', '.join(CLIP_INPUTS)}, got {clip_input!r}")
         self.clip_input = clip_input
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"I3DResNet: blocks must be 4 positive counts, got {tuple(blocks)}")
@@ -156,7 +161,7 @@ class I3DResNet(nn.Module):
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1, 1), persistent=False)
 
-        self.stem = _Stem(width, stem)
+        self.stem = _Stem(width, stem, in_channels=6 if clip_input == "rgb_difference" else 3)
         in_ch = width
         stages = []
         for i, (n, ks) in enumerate(zip(self.blocks, kernels, strict=True)):
@@ -201,11 +206,15 @@ class I3DResNet(nn.Module):
             raise ValueError(
                 f"I3DResNet (stem {self.stem_variant!r}) needs at least {self.min_frames} frames, got {clip.shape[2]}"
             )
+        # Differences along T, a zero first step keeps T: (B, 3, T, H, W).
         if self.clip_input == "rgb":
             x = (clip - self.mean) / self.std
-        else:
-            # (B, 3, T, H, W): differences along T, a zero first step keeps T.
+        elif self.clip_input == "difference":
             x = torch.diff(clip, dim=2, prepend=clip[:, :, :1]) / self.std
+        else:
+            frames = (clip - self.mean) / self.std
+            differences = torch.diff(clip, dim=2, prepend=clip[:, :, :1]) / self.std
+            x = torch.cat([frames, differences], dim=1)  # (B, 6, T, H, W)
         x = self.stem(x)
         x = self.temporal_pool(self.layer1(x))
         x = self.layer2(x)

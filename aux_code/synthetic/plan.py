@@ -270,7 +270,8 @@ def _plan_video(
     class_name: str, kinds: list[str], size: WorldSize, scene: int | None,
 ) -> AnomalyVideoPlan:
     rng = item_rng(seed, key, PLAN_STREAM)
-    num_frames = int(rng.integers(size.anomaly_frames[0], size.anomaly_frames[1] + 1))
+    low, high = size.anomaly_test_frames if split == "test" else size.anomaly_frames
+    num_frames = int(rng.integers(low, high + 1))
     events = _plan_events(rng, num_frames, kinds) if kinds else ()
     n_event_actors = sum(2 if e.kind == "fight" else 1 for e in events)
     chat_pair = bool(rng.random() < 0.35)

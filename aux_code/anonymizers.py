@@ -13,6 +13,8 @@ downsample  average-pool by ``factor`` then bilinear back up: the paper's 2x (11
             and 4x (56 px) baselines keep the model's input size
 blur        Gaussian blur (kernel 13, sigma 10 in the paper) inside person boxes
 blacken     person boxes set to black
+dpae        Giorgi et al.'s DP autoencoder: the camera's encoder, the code as it travels
+            (float16), the server's decoder (files ``encoder`` / ``decoder``)
 ==========  =====================================================================
 
 Two phases, because they act at different resolutions:
@@ -51,20 +53,26 @@ __all__ = [
     "box_mask",
 ]
 
-Method = Literal["raw", "unet", "downsample", "blur", "blacken"]
+Method = Literal["raw", "unet", "downsample", "blur", "blacken", "dpae"]
 
 
 @dataclass
 class AnonymizerSection:
     """Which anonymization a stage applies before its model (raw, trained fA, or a baseline)."""
 
-    method: Method = opt("raw", "raw | unet (trained fA) | downsample | blur (person boxes) | blacken (person boxes).")
+    method: Method = opt("raw", "raw | unet (trained fA) | downsample | blur (person boxes) | blacken (person boxes) | dpae (DP autoencoder round trip).")
     checkpoint: Optional[str] = opt(
         None,
         "method unet: stage-1 checkpoint holding the anonymizer, e.g. anonymization/tedspad/best.pt; "
         "a relative path resolves under paths.runs.",
     )
     model_key: str = opt("anonymizer", "method unet: key of the anonymizer inside the checkpoint's 'models'.")
+    encoder: Optional[str] = opt(
+        None, "method dpae: the camera's encoder file of a DP-AE run, e.g. dpae/dp_adam/encoder.pt (under paths.runs)."
+    )
+    decoder: Optional[str] = opt(
+        None, "method dpae: the server's decoder file trained with that encoder, e.g. dpae/dp_adam/decoder.pt (under paths.runs)."
+    )
     factor: int = opt(2, "method downsample: integer factor (2 = the paper's 112 px, 4 = 56 px at 224 input).")
     blur_kernel: int = opt(13, "method blur: Gaussian kernel size in pixels (odd; 13 in the paper).")
     blur_sigma: float = opt(10.0, "method blur: Gaussian sigma in pixels (10 in the paper).")
@@ -77,6 +85,9 @@ class AnonymizerSection:
     def validate(self) -> None:
         if self.method == "unet" and not self.checkpoint:
             raise ConfigError("anonymizer.method = unet needs anonymizer.checkpoint (a stage-1 checkpoint)")
+        if self.method == "dpae" and not (self.encoder and self.decoder):
+            raise ConfigError("anonymizer.method = dpae needs anonymizer.encoder and anonymizer.decoder (a DP-AE run's "
+                              "encoder.pt and decoder.pt)")
         if self.method == "downsample" and self.factor < 2:
             raise ConfigError(f"anonymizer.factor = {self.factor} must be >= 2 for method downsample")
         if self.method == "blur" and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0 or self.blur_sigma <= 0):
@@ -271,6 +282,11 @@ def build_frame_anonymizer(
         path = resolve_under(runs_root, section.checkpoint)
         model, spec = load_stored_model(path, section.model_key, config_key="anonymizer.checkpoint")
         description.update(checkpoint=str(section.checkpoint), model_key=section.model_key, digest=file_digest(path), spec=spec)
+    elif method == "dpae":
+        from aux_code.latent_codes import load_pair
+
+        model, pair = load_pair(resolve_under(runs_root, section.encoder), resolve_under(runs_root, section.decoder))
+        description.update(encoder=str(section.encoder), decoder=str(section.decoder), **pair)
     elif method == "downsample":
         model = Downsample(section.factor)
         description.update(factor=section.factor)

@@ -33,6 +33,7 @@ run keeps counting its privacy spend.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -51,8 +52,15 @@ __all__ = [
     "epsilon_for",
     "make_optimizer",
     "make_training",
+    "sampling_schedule",
     "mean_over_batch",
 ]
+
+# Opacus's per-example hooks are full backward hooks on modules whose input (the frames) needs no
+# gradient; torch warns on every backward that the hook then sees only the output gradient, which is
+# all the per-example rule uses (tests/test_dpae_dp.py checks the gradients one example at a time).
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs",
+                        category=UserWarning)
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -233,6 +241,18 @@ class DPTraining:
                 gen.set_state(state[key])
 
 
+def sampling_schedule(n: int, *, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample rate, steps) of a training on ``n`` examples: ``ceil(n / batch_size)`` batches an epoch,
+    each example in a batch with probability 1 / that (Opacus's DPDataLoader), over ``epochs``.
+    Known before any data is decoded, so settings and budgets are checked first."""
+    if n <= 0:
+        raise DPError("DP training: the training set is empty")
+    if batch_size <= 0:
+        raise DPError(f"batch_size must be > 0, got {batch_size}")
+    batches = math.ceil(n / batch_size)
+    return 1.0 / batches, int(epochs) * batches
+
+
 def make_training(
     model: nn.Module,
     dataset: Dataset,
@@ -248,14 +268,7 @@ def make_training(
     DP: Poisson sampling at ``1 / ceil(len(dataset) / batch_size)``, ``epochs * len(loader)`` steps
     accounted for ``target_epsilon``. No DP: a shuffled loader and the plain optimizer.
     """
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        raise DPError("DP training: the training set is empty")
-    if batch_size <= 0:
-        raise DPError(f"batch_size must be > 0, got {batch_size}")
-    batches = math.ceil(n / batch_size)
-    sample_rate = 1.0 / batches  # what Opacus's DPDataLoader samples with (1 / len(loader))
-    steps = int(epochs) * batches
+    sample_rate, steps = sampling_schedule(len(dataset), batch_size=batch_size, epochs=epochs)  # type: ignore[arg-type]
     if settings.private:
         check_dp_compatible(model)
     sigma = validate_settings(settings, sample_rate=sample_rate, steps=steps)
@@ -268,7 +281,11 @@ def make_training(
     from opacus import PrivacyEngine
 
     loader = DataLoader(dataset, batch_size=batch_size, generator=gen, num_workers=num_workers)
-    engine = PrivacyEngine(accountant=settings.accountant)
+    with warnings.catch_warnings():
+        # secure_mode=False is the documented choice here: the noise comes from torch's generator, seeded
+        # for reproducible runs; a deployment that needs a cryptographic RNG must retrain with secure_mode.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+        engine = PrivacyEngine(accountant=settings.accountant)
     # Opacus draws the noise on the parameters' device with this generator: it must live there.
     noise_gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 1)
     module, dp_optimizer, dp_loader = engine.make_private(

@@ -21,6 +21,11 @@ says which encoder its decoder was trained with) a code written by another encod
 
 :func:`bytes_per_frame` compares what travels per frame: the code, the H.264 input video,
 a JPEG of the same frame (OpenCV imencode) and the raw RGB frame.
+
+The halves travel as separate files (:func:`save_half` / :func:`load_half`): ``encoder.pt``
+for the camera (the encoder alone, how to cut a frame, the encoder's digest) and
+``decoder.pt`` for the server (the decoder alone and the digest of the encoder it was
+trained with, which every code file it decodes must carry).
 """
 
 from __future__ import annotations
@@ -50,6 +55,14 @@ __all__ = [
     "read_codes",
     "decode_codes",
     "bytes_per_frame",
+    "ENCODER_FILE",
+    "DECODER_FILE",
+    "HalfInfo",
+    "save_half",
+    "load_half",
+    "check_pair",
+    "RemoteRoundTrip",
+    "load_pair",
 ]
 
 MAGIC = b"DPAECODE"
@@ -102,15 +115,23 @@ def encoder_digest(encoder: nn.Module) -> str:
     return h.hexdigest()
 
 
-def frames_to_tensor(frames: np.ndarray, *, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """RGB uint8 (T, H, W, 3) -> float (T, 3, H', W') in [0, 1], resized to ``size`` = (H', W')."""
+def frames_to_tensor(frames: np.ndarray, *, size: tuple[int, int] | None = None, crop_scale: float = 1.0) -> torch.Tensor:
+    """RGB uint8 (T, H, W, 3) -> float (T, 3, h, w) in [0, 1]: the camera's preprocessing.
+
+    With ``size`` = (h, w): the centred crop of the largest box of the output's aspect ratio,
+    shrunk by ``crop_scale``, resized to (h, w) (bilinear, antialiased): the geometry of the
+    stages' ``ClipEval``, so frames the autoencoder is trained on, frames a camera encodes and
+    frames stage 3 anonymizes are cut the same way. ``crop_scale`` 1.0 with an output of the
+    video's aspect is the whole frame (the paper: 240x320 UCF-Crime frames, no crop).
+    """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be RGB uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if size is not None and tuple(frames.shape[1:3]) != tuple(size):
-        import cv2
+    x = rearrange(torch.from_numpy(np.ascontiguousarray(frames)), "t h w c -> c t h w").float() / 255.0
+    if size is not None and (tuple(frames.shape[1:3]) != tuple(size) or crop_scale != 1.0):
+        from aux_code.transforms import ClipEval
 
-        frames = np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in frames])
-    return rearrange(torch.from_numpy(np.ascontiguousarray(frames)), "t h w c -> t c h w").float() / 255.0
+        x = ClipEval((int(size[0]), int(size[1])), scale=crop_scale)(x)
+    return rearrange(x, "c t h w -> t c h w").contiguous()
 
 
 def _batches(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -131,11 +152,13 @@ def encode_frames(
     path: str | Path,
     *,
     size: tuple[int, int] | None = None,
+    crop_scale: float = 1.0,
     dtype: str = "float16",
     batch_size: int = 16,
     device: str | torch.device = "cpu",
 ) -> CodeHeader:
-    """Encode RGB uint8 frames ((H, W, 3) each, or one (T, H, W, 3) array) into a code file at ``path``."""
+    """Encode RGB uint8 frames ((H, W, 3) each, or one (T, H, W, 3) array) into a code file at ``path``,
+    each frame first cut to ``size`` by :func:`frames_to_tensor` (``crop_scale``)."""
     if dtype not in _DTYPE_CODES:
         raise ValueError(f"code dtype {dtype!r} is not one of {', '.join(_DTYPE_CODES)}")
     path = Path(path)
@@ -151,7 +174,7 @@ def encode_frames(
         with open(tmp, "wb") as fh:
             fh.write(b"\0" * HEADER_BYTES)  # patched below, once the frame count is known
             for chunk in _batches(frames, batch_size):
-                x = frames_to_tensor(chunk, size=size).to(device)
+                x = frames_to_tensor(chunk, size=size, crop_scale=crop_scale).to(device)
                 code = encoder(x).float().cpu().numpy()
                 if shape is None:
                     shape = tuple(int(s) for s in code.shape[1:])  # type: ignore[assignment]
@@ -172,11 +195,13 @@ def encode_frames(
 
 
 def encode_video(video: str | Path, encoder: nn.Module, path: str | Path, *, size: tuple[int, int] | None = (240, 320),
-                 dtype: str = "float16", batch_size: int = 16) -> CodeHeader:
-    """Decode ``video`` (PyAV), resize its frames to ``size`` and write their code file to ``path``."""
+                 crop_scale: float = 1.0, dtype: str = "float16", batch_size: int = 16,
+                 device: str | torch.device = "cpu") -> CodeHeader:
+    """Decode ``video`` (PyAV), cut its frames to ``size`` (:func:`frames_to_tensor`) and write their code file."""
     from aux_code.video import iter_frames
 
-    return encode_frames(iter_frames(video), encoder, path, size=size, dtype=dtype, batch_size=batch_size)
+    return encode_frames(iter_frames(video), encoder, path, size=size, crop_scale=crop_scale, dtype=dtype,
+                         batch_size=batch_size, device=device)
 
 
 def read_header(path: str | Path) -> CodeHeader:
@@ -248,35 +273,170 @@ def decode_codes(
     return torch.cat(out)
 
 
-def bytes_per_frame(video: str | Path, code_path: str | Path, *, jpeg_quality: int = 90,
-                    max_frames: int = 32) -> dict[str, float]:
-    """What travels per frame: the code (payload, and with the header spread over the file),
-    the H.264 (or whatever) input video file, a JPEG (OpenCV imencode at ``jpeg_quality``) and
-    raw RGB of the frame at the code's frame size (mean over the first ``max_frames`` frames)."""
+def bytes_per_frame(video: str | Path, code_path: str | Path, *, crop_scale: float = 1.0, jpeg_quality: int = 90,
+                    max_frames: int = 64) -> dict[str, float]:
+    """What travels per frame, in bytes (means over the first ``max_frames`` frames where a frame is re-encoded).
+
+    ``code``: the latent code's payload; ``code_file``: the file with its header spread over
+    its frames; ``input_video``: the input file (H.264 for UCF-Crime) per frame, at its own
+    resolution; ``jpeg_input``: a JPEG (OpenCV, ``jpeg_quality``) of the input frame; ``jpeg``:
+    a JPEG of the frame the camera encodes (cut to the code's frame size with ``crop_scale``,
+    as :func:`encode_video` did); ``h264``: those same cut frames as an H.264 stream
+    (libx264 defaults, :func:`aux_code.video.write_video`) per frame; ``raw_rgb``: that frame
+    uncompressed.
+    """
+    import tempfile
+
     import cv2
 
-    from aux_code.video import iter_frames, probe
+    from aux_code.video import iter_frames, probe, write_video
 
     header = read_header(code_path)
     info = probe(video)
     height, width = header.frame_size
-    jpeg_sizes = []
+
+    def jpeg_bytes(rgb: np.ndarray, i: int) -> int:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:
+            raise RuntimeError(f"{video}: OpenCV could not JPEG-encode frame {i}")
+        return int(buf.size)
+
+    jpeg_in, jpeg_cut, cut_frames = [], [], []
     for i, frame in enumerate(iter_frames(video)):
         if i >= max_frames:
             break
-        f = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) if frame.shape[:2] != (height, width) else frame
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        if not ok:
-            raise RuntimeError(f"{video}: OpenCV could not JPEG-encode frame {i}")
-        jpeg_sizes.append(buf.size)
+        cut = frames_to_tensor(frame[None], size=(height, width), crop_scale=crop_scale)[0]
+        cut_u8 = rearrange((cut * 255.0).round().clamp(0, 255).to(torch.uint8), "c h w -> h w c").numpy()
+        jpeg_in.append(jpeg_bytes(frame, i))
+        jpeg_cut.append(jpeg_bytes(np.ascontiguousarray(cut_u8), i))
+        cut_frames.append(cut_u8)
+    with tempfile.TemporaryDirectory() as tmp:
+        stream = Path(tmp) / "cut.mp4"
+        write_video(stream, cut_frames, fps=max(1, round(info.fps)) if info.fps else 30)
+        h264 = stream.stat().st_size / len(cut_frames)
     return {
         "code": float(header.bytes_per_frame),
         "code_file": Path(code_path).stat().st_size / header.frames,
         "input_video": Path(video).stat().st_size / info.num_frames,
         "input_height": float(info.height),
         "input_width": float(info.width),
-        "jpeg": float(np.mean(jpeg_sizes)),
+        "jpeg_input": float(np.mean(jpeg_in)),
+        "jpeg": float(np.mean(jpeg_cut)),
+        "h264": float(h264),
         "raw_rgb": float(height * width * 3),
         "frame_height": float(height),
         "frame_width": float(width),
+        "frames_compared": float(len(cut_frames)),
     }
+
+
+# ------------------------------------------------------------------------------------ the two halves' files
+
+ENCODER_FILE = "encoder.pt"  # what the camera holds
+DECODER_FILE = "decoder.pt"  # what the server holds
+HALF_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HalfInfo:
+    """What a half's file says besides its weights.
+
+    ``frame_size`` / ``crop_scale``: how the camera cuts a frame before encoding (the
+    training frames were cut so); ``encoder_digest``: the encoder the pair was trained as
+    (in the decoder's file: the only encoder whose codes it may decode); ``privacy``: the
+    training's privacy block (optimizer, noise multiplier, epsilon, delta, ...).
+    """
+
+    half: str  # "encoder" | "decoder"
+    spec: dict
+    frame_size: tuple[int, int]
+    crop_scale: float
+    encoder_digest: str
+    privacy: dict
+
+
+def save_half(path: str | Path, half: str, module: nn.Module, spec: dict, *, frame_size: tuple[int, int],
+              crop_scale: float, encoder_digest: str, privacy: dict) -> Path:
+    """Write one half (``half`` = "encoder" or "decoder") as a plain-data checkpoint holding that model alone."""
+    from aux_code.checkpoint import save_checkpoint
+    from aux_code.models.stored import pack_model
+
+    if half not in ("encoder", "decoder"):
+        raise ValueError(f"half must be 'encoder' or 'decoder', got {half!r}")
+    return save_checkpoint({
+        "models": {half: pack_model(f"dpae_{half}", spec, module)},
+        "dpae": {"half": half, "version": HALF_VERSION, "frame_size": [int(frame_size[0]), int(frame_size[1])],
+                 "crop_scale": float(crop_scale), "encoder_digest": encoder_digest, "privacy": dict(privacy)},
+    }, path)
+
+
+def load_half(path: str | Path, half: str, *, config_key: str | None = None) -> tuple[nn.Module, HalfInfo]:
+    """(model in eval mode, its HalfInfo) of a half's file; refused (CheckpointError naming the file)
+    when it is not such a file or holds the other half. An encoder's weights must hash to the
+    digest its file records (a file edited or mixed up after training is refused)."""
+    from aux_code.checkpoint import CheckpointError, load_checkpoint
+    from aux_code.models.stored import build_packed
+
+    path = Path(path)
+    what = f"DP-AE {half} file"
+    ckpt = load_checkpoint(path, what=what, config_key=config_key)
+    meta = ckpt.get("dpae")
+    models = ckpt.get("models")
+    where = f" ({config_key})" if config_key else ""
+    if not isinstance(meta, dict) or not isinstance(models, dict):
+        raise CheckpointError(f"{path}{where} is not a DP-AE {half} file (no 'dpae' block); a DP-AE run writes "
+                              f"{ENCODER_FILE} and {DECODER_FILE} into its run directory")
+    if meta.get("version") != HALF_VERSION:
+        raise CheckpointError(f"{path}{where}: DP-AE half format version {meta.get('version')}; this code reads {HALF_VERSION}")
+    if meta.get("half") != half or half not in models:
+        raise CheckpointError(f"{path}{where} holds the DP-AE {meta.get('half')}, not the {half}")
+    model = build_packed(models[half], source=f"{path}[models][{half}]").eval()
+    info = HalfInfo(half=half, spec=dict(models[half]["spec"]), frame_size=(int(meta["frame_size"][0]), int(meta["frame_size"][1])),
+                    crop_scale=float(meta["crop_scale"]), encoder_digest=str(meta["encoder_digest"]),
+                    privacy=dict(meta.get("privacy", {})))
+    if half == "encoder" and encoder_digest(model) != info.encoder_digest:
+        raise CheckpointError(f"{path}{where}: the encoder's weights do not hash to the digest its file records "
+                              f"({info.encoder_digest[:12]}); the file was altered after training")
+    return model, info
+
+
+def check_pair(encoder: HalfInfo, decoder: HalfInfo, *, encoder_path: str | Path, decoder_path: str | Path) -> None:
+    """Refuse an encoder and a decoder that were not trained together (naming both files)."""
+    from aux_code.checkpoint import CheckpointError
+
+    if encoder.encoder_digest != decoder.encoder_digest:
+        raise CheckpointError(f"{decoder_path} decodes codes of encoder {decoder.encoder_digest[:12]}, but {encoder_path} "
+                              f"is encoder {encoder.encoder_digest[:12]}: the two halves come from different trainings")
+
+
+class RemoteRoundTrip(nn.Module):
+    """Camera encoder -> the code as it travels (``code_dtype``) -> server decoder, as one module:
+    (N, 3, H, W) in [0, 1] -> (N, 3, H, W) in [0, 1], H and W multiples of 8. What stages 2 and 3
+    apply as the ``dpae`` anonymizer, so they see exactly the frames the server reconstructs."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, code_dtype: str = "float16") -> None:
+        super().__init__()
+        if code_dtype not in _DTYPE_CODES:
+            raise ValueError(f"code dtype {code_dtype!r} is not one of {', '.join(_DTYPE_CODES)}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.code_dtype = getattr(torch, code_dtype)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        code = self.encoder(frames)
+        return self.decoder(code.to(self.code_dtype).to(code.dtype))
+
+
+def load_pair(encoder_path: str | Path, decoder_path: str | Path, *, encoder_key: str = "anonymizer.encoder",
+              decoder_key: str = "anonymizer.decoder") -> tuple[RemoteRoundTrip, dict]:
+    """The round trip of a camera file and a server file trained together, and plain data naming it
+    (both file digests, the spec, the frame geometry and the training's privacy block)."""
+    from aux_code.checkpoint import file_digest
+
+    encoder, enc_info = load_half(encoder_path, "encoder", config_key=encoder_key)
+    decoder, dec_info = load_half(decoder_path, "decoder", config_key=decoder_key)
+    check_pair(enc_info, dec_info, encoder_path=encoder_path, decoder_path=decoder_path)
+    description = {"encoder_digest": file_digest(encoder_path), "decoder_digest": file_digest(decoder_path),
+                   "spec": enc_info.spec, "frame_size": list(enc_info.frame_size), "crop_scale": enc_info.crop_scale,
+                   "code_dtype": "float16", "privacy": dec_info.privacy}
+    return RemoteRoundTrip(encoder, decoder), description

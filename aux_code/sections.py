@@ -30,7 +30,7 @@ HELP = {
     "crop_scale": "Centre crop as a fraction of the short side before resizing to clip.resolution (1.0: the largest centred square).",
     "validation_fraction": "Fraction of the training items held out (seeded) to select the reported epoch (0, where the stage allows it: no validation, the last epoch is reported); the test split never selects.",
     "validation_seed": "Seed of the validation carve (independent of run.seed, so every method sees the same split).",
-    "optim.lr": "Adam learning rate of the trained model (the schedule section shapes it over epochs).",
+    "optim.lr": "Learning rate of the trained model's optimiser (Adam unless the stage's optim.optimizer names another; a schedule section, where the stage has one, shapes it over epochs).",
     "optim.weight_decay": "Adam weight decay.",
     "optim.epochs": "Training epochs.",
     "optim.batch_size": "Training items (clips, images, frames or windows: the stage's unit) per optimiser step.",

@@ -23,6 +23,9 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "extraction": ("feature_extraction.config", "ExtractionConfig", "feature_extraction"),
     "anomaly": ("anomaly_detection.config", "AnomalyConfig", "anomaly_detection"),
     "luss": ("anomaly_detection.luss.config", "LussConfig", "anomaly_detection.luss"),
+    "dpae": ("anonymization_training.dpae.config", "DPAEStageConfig", "anonymization_training.dpae"),
+    "camera": ("remote.config", "EncodeConfig", "remote.encode"),  # the DP-AE's remote split: camera side
+    "server": ("remote.config", "ScoreConfig", "remote.score"),  # and server side
     # Not a stage: the pipeline driver, configured the same way (configs/<...>/reproduce/).
     "reproduce": ("scripts.reproduce", "ReproduceConfig", "scripts.reproduce"),
 }

@@ -63,12 +63,12 @@ def test_dp_adagrad_task_trains_selects_and_stores_both_halves(tmp_path) -> None
     ctx = _ctx(tmp_path / "run")
     results = fit(task, ctx, cfg=cfg, stage="anonymization", precision=Precision("fp32", torch.device("cpu")))
     ctx.finish()
-    assert results["task"] == "dpae" and results["selection"]["metric"] == "val_loss"
+    assert results["task"] == "dpae" and results["selection"]["metric"] == "val_mse"
     privacy = results["privacy"]
     assert privacy["private"] and privacy["optimizer"] == "dp-adagrad" and privacy["steps"] == 4
     assert privacy["sample_rate"] == 0.5 and privacy["epsilon"] > 0
     assert privacy["selected_epoch_epsilon"] <= privacy["epsilon"]
-    assert set(results["test"]) == {"loss", "ssim", "psnr"} and results["test"]["psnr"] > 0
+    assert set(results["test"]) == {"mse", "ssim", "psnr"} and results["test"]["psnr"] > 0
     assert "epsilon" in results["selected"] and "ssim" in results["selected"]
     json.loads((ctx.run_dir / "results.json").read_text())
     # The camera side loads the encoder alone from the selected checkpoint.

@@ -98,3 +98,51 @@ def test_mismatched_files_are_refused_naming_the_file(ae, tmp_path) -> None:
     other.write_bytes(b"x" * 100)
     with pytest.raises(CodeFileError, match=r"other\.bin: not a latent code file"):
         decode_codes(other, ae.decoder)
+
+
+def test_camera_cut_is_the_stages_clip_geometry() -> None:
+    from einops import rearrange
+
+    from aux_code.transforms import ClipEval
+
+    frames = np.random.default_rng(1).integers(0, 256, size=(3, 80, 96, 3), dtype=np.uint8)
+    cut = frames_to_tensor(frames, size=(32, 32), crop_scale=0.8)
+    stage3 = ClipEval(32, scale=0.8)(rearrange(torch.from_numpy(frames), "t h w c -> c t h w").float() / 255.0)
+    torch.testing.assert_close(cut, rearrange(stage3, "c t h w -> t c h w"), rtol=0, atol=0)
+    # Same size, no crop: the frames as they are.
+    same = frames_to_tensor(frames, size=(80, 96))
+    torch.testing.assert_close(same, rearrange(torch.from_numpy(frames), "t h w c -> t c h w").float() / 255.0)
+
+
+def test_half_files_are_checked(ae, tmp_path) -> None:
+    from aux_code.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from aux_code.latent_codes import RemoteRoundTrip, check_pair, load_half, load_pair, save_half
+
+    digest = encoder_digest(ae.encoder)
+    spec = {"name": "dpae_tiny"}
+    kw = dict(frame_size=(16, 24), crop_scale=1.0, encoder_digest=digest, privacy={"epsilon": 3.0})
+    save_half(tmp_path / "encoder.pt", "encoder", ae.encoder, spec, **kw)
+    save_half(tmp_path / "decoder.pt", "decoder", ae.decoder, spec, **kw)
+    rt, info = load_pair(tmp_path / "encoder.pt", tmp_path / "decoder.pt")
+    assert isinstance(rt, RemoteRoundTrip) and info["frame_size"] == [16, 24] and info["privacy"] == {"epsilon": 3.0}
+    x = frames_to_tensor(_clip())
+    with torch.no_grad():
+        torch.testing.assert_close(rt(x), ae.decoder(ae.encoder(x).half().float()), rtol=0, atol=0)
+    # Weights changed after training: the recorded digest no longer matches.
+    ckpt = load_checkpoint(tmp_path / "encoder.pt")
+    sd = ckpt["models"]["encoder"]["state_dict"]
+    first = next(iter(sd))
+    sd[first] = sd[first] + 1.0
+    save_checkpoint(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=r"edited\.pt: the encoder's weights do not hash to the digest"):
+        load_half(tmp_path / "edited.pt", "encoder")
+    # A decoder paired with another encoder.
+    _, enc_info = load_half(tmp_path / "encoder.pt", "encoder")
+    save_half(tmp_path / "other.pt", "decoder", ae.decoder, spec, **{**kw, "encoder_digest": "f" * 64})
+    _, other = load_half(tmp_path / "other.pt", "decoder")
+    with pytest.raises(CheckpointError, match=r"other\.pt decodes codes of encoder ffffffffffff, but .*encoder\.pt is encoder"):
+        check_pair(enc_info, other, encoder_path=tmp_path / "encoder.pt", decoder_path=tmp_path / "other.pt")
+    # A stage checkpoint is not a half file.
+    save_checkpoint({"models": {}}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"plain\.pt is not a DP-AE encoder file"):
+        load_half(tmp_path / "plain.pt", "encoder")

@@ -99,3 +99,16 @@ def test_dp_training_steps_accounts_and_survives_an_empty_batch(optimizer: str) 
     fresh = make_training(DPAutoencoder.build(width_mult=0.125), data, settings=tr.settings, batch_size=4, epochs=1)
     fresh.load_state_dict(state)
     assert fresh.epsilon() == pytest.approx(expected)
+
+
+def test_sampling_schedule_is_what_the_loader_and_accountant_use() -> None:
+    from aux_code.dp import sampling_schedule
+
+    assert sampling_schedule(100, batch_size=50, epochs=3) == (0.5, 6)
+    assert sampling_schedule(101, batch_size=50, epochs=1) == (pytest.approx(1 / 3), 3)
+    tr = make_training(DPAutoencoder.build(width_mult=0.125), TensorDataset(torch.rand(10, 3, 8, 8)),
+                       settings=DPSettings(noise_multiplier=1.0), batch_size=4, epochs=2)
+    assert tr.sample_rate == sampling_schedule(10, batch_size=4, epochs=2)[0] == pytest.approx(1 / 3)
+    assert len(tr.loader) == 3
+    with pytest.raises(DPError, match="the training set is empty"):
+        sampling_schedule(0, batch_size=4, epochs=1)

@@ -110,3 +110,22 @@ def test_frames_from_videos_one_per_class_and_the_split(tmp_path) -> None:
     tr, va, te = split_indices(100, (0.7, 0.15, 0.15), seed=0)
     assert (len(tr), len(va), len(te)) == (70, 15, 15)
     assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(100))
+
+
+def test_quality_rule_stops_when_neither_ssim_nor_psnr_improves() -> None:
+    cfg = DPAEConfig(model="dpae_tiny", private=False, lr=1e-3, batch_size=8, epochs=1, patience=10, quality_patience=2)
+    task = DPAETask(cfg, _frames())
+    cases = (
+        ([(0.5, 20.0), (0.6, 21.0), (0.55, 20.5), (0.58, 20.9)], True),   # two validations below both bests
+        ([(0.5, 20.0), (0.6, 21.0), (0.55, 21.5), (0.58, 20.9)], False),  # PSNR rose in one of them
+        ([(0.5, 20.0), (0.6, 21.0), (0.61, 20.0), (0.58, 20.9)], False),  # SSIM rose in one of them
+        ([(0.5, 20.0), (0.6, 21.0)], False),                               # too few validations
+        ([(0.5, float("inf")), (0.6, 21.0), (0.55, 20.5), (0.58, 20.9)], True),  # an infinite PSNR is no best
+    )
+    for quality, stop in cases:
+        task.val_history = [1.0 - 0.1 * i for i in range(len(quality))]  # the MSE rule alone never stops here
+        task.quality_history = list(quality)
+        assert task.should_stop() is stop, quality
+    task.cfg = DPAEConfig(model="dpae_tiny", private=False, patience=10, quality_patience=None)
+    task.quality_history = list(cases[0][0])
+    assert task.should_stop() is False  # the rule is off

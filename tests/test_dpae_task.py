@@ -129,3 +129,13 @@ def test_quality_rule_stops_when_neither_ssim_nor_psnr_improves() -> None:
     task.cfg = DPAEConfig(model="dpae_tiny", private=False, patience=10, quality_patience=None)
     task.quality_history = list(cases[0][0])
     assert task.should_stop() is False  # the rule is off
+
+
+def test_run_seed_moves_the_weights_not_the_split() -> None:
+    base = dict(model="dpae_tiny", private=False, lr=1e-3, batch_size=8, epochs=1)
+    a = DPAETask(DPAEConfig(**base, seed=0, split_seed=0), _frames())
+    b = DPAETask(DPAEConfig(**base, seed=1, split_seed=0), _frames())
+    c = DPAETask(DPAEConfig(**base, seed=0, split_seed=1), _frames())
+    assert torch.equal(a.test_set.frames, b.test_set.frames) and not torch.equal(a.test_set.frames, c.test_set.frames)
+    wa, wb, wc = (next(t.encoder.parameters()) for t in (a, b, c))
+    assert not torch.equal(wa, wb) and torch.equal(wa, wc)

@@ -70,7 +70,8 @@ class DPAEConfig:
     quality_patience: int | None = None  # the paper's SSIM/PSNR rule (6 blocks there), in validations
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     eval_batch_size: int = 64
-    seed: int = 0
+    seed: int = 0  # initial weights, Poisson batches, DP noise
+    split_seed: int = 0  # the train / validation / test split (the same for every method)
 
     def settings(self) -> DPSettings:
         return DPSettings(optimizer=self.optimizer, lr=self.lr, private=self.private,
@@ -227,7 +228,7 @@ class DPAETask(Task):
                                               else f"; SSIM/PSNR patience {cfg.quality_patience}")
         self.selection = Selection(metric="mse", mode="min",
                                    rule=f"lowest validation reconstruction MSE (early stopping: {stop})")
-        train_idx, val_idx, test_idx = split if split is not None else split_indices(len(frames), cfg.split, seed=cfg.seed)
+        train_idx, val_idx, test_idx = split if split is not None else split_indices(len(frames), cfg.split, seed=cfg.split_seed)
         self.train_set = FrameDataset(frames[train_idx])
         self.val_set = FrameDataset(frames[val_idx])
         self.test_set = FrameDataset(frames[test_idx])

@@ -42,7 +42,7 @@ def task_config(cfg: DPAEStageConfig) -> DPAEConfig:
                       noise_multiplier=p.noise_multiplier, max_grad_norm=p.max_grad_norm, target_epsilon=p.target_epsilon,
                       delta=p.delta, accountant=p.accountant, batch_size=o.batch_size, epochs=o.epochs,
                       patience=e.patience, quality_patience=e.quality_patience, split=tuple(d.split_fractions),
-                      eval_batch_size=e.batch_size, seed=d.validation_seed)
+                      eval_batch_size=e.batch_size, seed=cfg.run.seed, split_seed=d.validation_seed)
 
 
 def training_videos(cfg: DPAEStageConfig) -> list:

@@ -1,7 +1,9 @@
 """``python -m anomaly_detection [--config FILE] key=value ...`` (also under torchrun).
 
 Parses the config and runs the stage; an input problem found before training (feature
-set, manifest, annotation, checkpoint) ends the run with one message and exit status 2.
+set, manifest, annotation, an incomplete set or changed dataset files, checkpoint), a diverged
+training or an environment fault (disk full, no permission) ends the run with one message and
+exit status 2.
 """
 
 from __future__ import annotations

@@ -41,6 +41,17 @@ class DataSection:
         "Keep validation and test features in memory between evaluations (else re-read them from disk "
         "at each evaluation; use false for 10-crop features of large test sets).",
     )
+    exclude: list[str] = shared("data.exclude", [])  # results.json lists them under videos_left_out
+    exclude_failed: bool = opt(
+        False,
+        "Leave out every video the feature extraction lists as failed (failures.json / the manifest), instead of "
+        "refusing the set; results.json lists them under videos_left_out.",
+    )
+    allow_partial: bool = opt(
+        False,
+        "Accept a feature set that lacks videos nothing above accounts for (a failed extraction, data.limit): the "
+        "run reports partial = true and the missing videos in every output. false: such a set is an error.",
+    )
 
 
 @dataclass

@@ -15,13 +15,16 @@ this stage so single- and 10-crop sets share one code path):
 
 Every input problem is found here, before any training: a feature dimension that is not
 the configured one, a class without training videos, an anomalous test video without an
-annotation, a non-finite feature, a manifest whose clips do not fit its frame counts.
+annotation, a non-finite feature, a manifest whose clips do not fit its frame counts, a
+feature set with videos missing that nobody accounted for (:func:`account_for_missing`), and
+labels read from dataset files that have changed since (:func:`check_dataset_files`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ import torch
 from einops import rearrange
 from torch.utils.data import DistributedSampler
 
+from aux_code.checkpoint import file_digest
 from aux_code.features import FeatureSetInfo, VideoEntry, load_video_features, read_manifest
 from aux_code.segments import append_magnitude, process_feat
 
@@ -75,6 +79,12 @@ class AnomalyData:
     train: TrainSet
     validation: list[EvalVideo]
     test: list[EvalVideo]
+    # Videos of the dataset's splits not used, each {"name", "split", "why", "detail"} (account_for_missing),
+    # and whether any of them was accepted only by data.allow_partial (the result is then partial).
+    left_out: list[dict] = field(default_factory=list)
+    partial: bool = False
+    # The dataset root the manifest's dataset_files were checked against (None: not checked).
+    dataset_files_checked: str | None = None
 
     def eval_features(self, video: EvalVideo) -> np.ndarray:
         """(S, crops, D) float32 features of an evaluation video, from memory or disk."""
@@ -143,6 +153,87 @@ def _check_annotation(entry: VideoEntry, manifest: Path, role: str) -> None:
         raise AnomalyDataError(
             f"{role} video {entry.name} is normal (label 0) but has anomalous intervals {entry.intervals} in {manifest}"
         )
+
+
+FAILURES = "failures.json"  # feature_extraction's list of the videos that failed
+
+
+def missing_videos(feature_dir: Path, info: FeatureSetInfo) -> dict[str, dict[str, str]]:
+    """The manifest's missing videos, plus any failures.json lists that the manifest does not (older sets)."""
+    missing = {name: dict(m) for name, m in info.missing.items()}
+    path = feature_dir / FAILURES
+    try:
+        failures = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, json.JSONDecodeError) as e:
+        raise AnomalyDataError(f"{path} cannot be read ({e}); it lists the videos whose extraction failed") from None
+    for f in failures if isinstance(failures, list) else []:
+        if isinstance(f, dict) and "name" in f and f["name"] not in info.videos:
+            missing.setdefault(str(f["name"]), {"split": str(f.get("split", "?")), "why": "failed", "detail": str(f.get("error", ""))})
+    return missing
+
+
+def account_for_missing(
+    missing: Mapping[str, Mapping[str, str]],
+    present: Mapping[str, str],
+    *,
+    exclude: Sequence[str] = (),
+    exclude_failed: bool = False,
+    allow_partial: bool = False,
+    manifest: Path,
+) -> tuple[list[dict], bool]:
+    """(every video left out, as {"name", "split", "why", "detail"}; whether the result is partial).
+
+    ``present``: the feature set's videos, name -> split. A video is left out when the extraction left it out (``missing``) or ``exclude`` names it.
+    Accounted for: what the extraction excluded by name, what ``exclude`` names, and with
+    ``exclude_failed`` the videos whose extraction failed. Anything else (a failure, a split cut
+    by data.limit) is an error unless ``allow_partial``, which marks the result partial.
+    """
+    known = set(missing) | set(present)
+    unknown = sorted(set(exclude) - known)
+    if unknown:
+        raise AnomalyDataError(f"data.exclude names {', '.join(unknown)}, which {manifest} neither holds nor lists as missing")
+    left_out, unaccounted = [], []
+    for name in sorted(set(missing) | set(exclude)):
+        m = missing.get(name, {})
+        record = {"name": name, "split": m.get("split", present.get(name, "?")), "why": m.get("why", "excluded"), "detail": m.get("detail", "")}
+        if name in exclude:
+            record.update(why="excluded", detail="named in data.exclude" + (f" ({m['why']}: {m.get('detail', '')})" if m else ""))
+        elif not (m.get("why") == "excluded" or (exclude_failed and m.get("why") == "failed")):
+            unaccounted.append(record)
+        left_out.append(record)
+    if unaccounted and not allow_partial:
+        shown = "; ".join(f"{r['name']} ({r['split']}, {r['why']}: {r['detail']})" for r in unaccounted[:6])
+        more = f"; and {len(unaccounted) - 6} more" if len(unaccounted) > 6 else ""
+        raise AnomalyDataError(
+            f"{manifest}: the feature set lacks {len(unaccounted)} video(s) of its dataset's splits: {shown}{more}. A result "
+            "from it would not be the dataset's. Extract them (rerun feature extraction), leave them out by name "
+            "(data.exclude=[...], or data.exclude_failed=true for every failed one: the results list them), or accept "
+            "a partial result with data.allow_partial=true"
+        )
+    return left_out, bool(unaccounted)
+
+
+def check_dataset_files(info: FeatureSetInfo, manifest: Path, root: str | Path | None) -> str | None:
+    """Raise when a dataset file the manifest's labels / intervals were read from has changed.
+
+    Returns the root checked against, or None when there is nothing to check (no root on this
+    machine, or a manifest that records no files)."""
+    if not info.dataset_files or root is None or not Path(root).is_dir():
+        return None
+    changed = []
+    for relative, digest in sorted(info.dataset_files.items()):
+        path = Path(root) / relative
+        if not path.is_file():
+            changed.append(f"{path} (gone)")
+        elif file_digest(path) != digest:
+            changed.append(f"{path} (changed)")
+    if changed:
+        raise AnomalyDataError(
+            f"the labels and intervals in {manifest} were read from dataset files that differ now: {', '.join(changed)}. "
+            "Rerun feature extraction with the same config: finished videos keep their features and the manifest "
+            "takes the current labels"
+        )
+    return str(root)
 
 
 # --------------------------------------------------------------------------- split and batches
@@ -238,12 +329,18 @@ def load_anomaly_data(
     seed: int = 0,
     cache_eval: bool = True,
     validation_needs_intervals: bool = False,
+    exclude: Sequence[str] = (),
+    exclude_failed: bool = False,
+    allow_partial: bool = False,
+    dataset_roots: Mapping[str, str | Path] | None = None,
 ) -> AnomalyData:
     """Read, check and prepare a feature set; raise AnomalyDataError/FeatureSetError on bad input.
 
     feature_dim: the configured D (None: take the manifest's). dataset: the expected
     dataset name (None: any). The validation split is drawn from the training videos,
-    stratified by label, with ``seed``.
+    stratified by label, with ``seed``. exclude / exclude_failed / allow_partial: see
+    :func:`account_for_missing`. dataset_roots: dataset name -> root (the paths section); the
+    manifest's dataset files are checked against the root of its dataset when it exists.
     """
     feature_dir = Path(feature_dir)
     info = read_manifest(feature_dir)
@@ -263,7 +360,12 @@ def load_anomaly_data(
     if clip_span < 1 or crops < 1:
         raise AnomalyDataError(f"{manifest}: clip_len * skip = {clip_span} and crops = {crops} must both be >= 1")
 
-    entries = sorted(info.videos.values(), key=lambda e: e.name)
+    present = {name: e.split for name, e in info.videos.items()}
+    left_out, partial = account_for_missing(missing_videos(feature_dir, info), present, exclude=exclude,
+                                            exclude_failed=exclude_failed, allow_partial=allow_partial, manifest=manifest)
+    checked = check_dataset_files(info, manifest, (dataset_roots or {}).get(info.dataset))
+    dropped = set(exclude)
+    entries = sorted((e for e in info.videos.values() if e.name not in dropped), key=lambda e: e.name)
     for entry in entries:
         _check_entry(entry, clip_span, manifest)
     train_entries = [e for e in entries if e.split == "train"]
@@ -319,4 +421,7 @@ def load_anomaly_data(
         train=TrainSet(tensors["normal"], tensors["abnormal"], normal_names, abnormal_names),
         validation=[eval_video(e) for e in val_entries],
         test=[eval_video(e) for e in test_entries],
+        left_out=left_out,
+        partial=partial,
+        dataset_files_checked=checked,
     )

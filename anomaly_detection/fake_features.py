@@ -79,7 +79,7 @@ def make_fake_feature_set(
         skip=skip,
         resolution=224,
         decoder="none",
-        anonymizer={"kind": "identity"},
+        anonymizer={"method": "fake"},
         utility={"name": "fake"},
         crops=crops,
         videos=videos,

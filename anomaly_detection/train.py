@@ -142,6 +142,10 @@ class MGFNTask(Task):
             "crops": data.crops,
             "model": {**self.spec, "parameters": count_parameters(self.model)},
             "world_size": dist.world_size,
+            # Which videos the figures leave out and why; partial: some were accepted only by data.allow_partial.
+            "partial": data.partial,
+            "videos_left_out": data.left_out,
+            "dataset_files": {"digests": data.info.dataset_files, "checked_against": data.dataset_files_checked},
         }
         if dist.is_main:
             run_dir = self.ctx.run_dir
@@ -187,6 +191,10 @@ def run(cfg: AnomalyConfig) -> dict:
         seed=cfg.run.seed,
         cache_eval=cfg.data.cache_eval,
         validation_needs_intervals=cfg.eval.validation_metric == "frame_auc",
+        exclude=cfg.data.exclude,
+        exclude_failed=cfg.data.exclude_failed,
+        allow_partial=cfg.data.allow_partial,
+        dataset_roots=vars(cfg.paths),
     )
     headline = headline_metric(cfg.eval.metric, data.info.dataset)
     ctx = start_run(cfg, stage=STAGE)
@@ -197,7 +205,10 @@ def run(cfg: AnomalyConfig) -> dict:
     finally:
         ctx.finish()
     if ctx.dist.is_main:
+        left = results["videos_left_out"]
+        note = ((" PARTIAL result:" if results["partial"] else "") + f" {len(left)} video(s) left out "
+                f"({', '.join(r['name'] for r in left[:5])}{', ...' if len(left) > 5 else ''});") if left else ""
         print(f"[anomaly] {results['test']['headline']['metric']} = {100 * results['test']['headline']['value']:.2f} "
-              f"(epoch {results['selection']['epoch']}, selected on {results['selection']['metric'] or 'last epoch'}); "
+              f"(epoch {results['selection']['epoch']}, selected on {results['selection']['metric'] or 'last epoch'});{note} "
               f"results in {ctx.run_dir / 'results.json'}", flush=True)
     return results

@@ -106,12 +106,16 @@ class LoaderTrainRunConfig(TrainRunConfig):
 # --------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, what: str = "config file") -> dict:
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a directory; expected a YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if data is None:
@@ -166,10 +170,12 @@ def _load_stage_file(path: Path, origins: dict, seen: tuple[Path, ...] = ()) -> 
     merged: dict = {}
     for base in bases:
         _merge(merged, _load_stage_file(path.parent / base, origins, seen + (path,)), origins, str(path.parent / base))
-    if "paths" in raw:
+    # A dotted 'paths.runs:' key is the same setting: refuse it here, where the stage file can be blamed.
+    setting = next((k for k in raw if k == "paths" or str(k).startswith("paths.")), None)
+    if setting is not None:
         raise ConfigError(
-            f"config file {path} sets 'paths'; dataset and output paths belong in configs/paths.yaml "
-            f"(or the file named by ${PATHS_ENV_VAR}), or in paths.<key>=... overrides"
+            f"config file {path} sets {setting!r}; a stage config may not set paths: dataset and output paths belong "
+            f"in configs/paths.yaml (or the file named by ${PATHS_ENV_VAR}), or in paths.<key>=... overrides"
         )
     _merge(merged, raw, origins, str(path))
     return merged
@@ -182,7 +188,11 @@ def paths_file() -> Path:
 
 
 def _load_paths(path: Path, origins: dict) -> dict:
-    raw = _read_yaml(path)
+    what = f"paths file (${PATHS_ENV_VAR})" if os.environ.get(PATHS_ENV_VAR) else "paths file"
+    raw = _read_yaml(path, what)
+    if not raw:
+        # Every root would silently fall back to the defaults: never what an (emptied) paths file meant.
+        raise ConfigError(f"{what} {path} is empty; it must set the dataset and output roots (see configs/paths.yaml)")
     known = {f.name for f in fields(PathsConfig)}
     for key in raw:
         if key not in known:
@@ -455,12 +465,12 @@ def code_version() -> dict:
 
 def write_run_config(cfg: Any, run_dir: str | Path) -> None:
     """Write the resolved config and the code version into the run directory."""
+    from aux_code.checkpoint import atomic_write_text  # checkpoint imports torch; config stays light
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    with open(run_dir / "version.json", "w") as f:
-        json.dump(code_version(), f, indent=2)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(run_dir / "version.json", json.dumps(code_version(), indent=2))
 
 
 def describe(schema: type, prefix: str = "") -> list[str]:

@@ -64,12 +64,25 @@ class FeatureSetInfo:
     crops: int = 1
     videos: dict[str, VideoEntry] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    # Videos of the extracted splits that have no entry: name -> {"split", "why", "detail"}, why one of
+    # MISSING_WHY. Stage 4 refuses a set with missing videos unless each is accounted for.
+    missing: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The dataset's list / annotation / label files the entries' labels and intervals were read from:
+    # path relative to the dataset root -> digest (aux_code.datasets.dataset_digests).
+    dataset_files: dict[str, str] = field(default_factory=dict)
 
     def producer_key(self) -> dict:
-        """Everything but the per-video entries: used to decide whether entries can be reused."""
+        """What produced the features (not the per-video entries, nor which videos are missing or where
+        their labels came from): used to decide whether entries can be reused."""
         d = asdict(self)
-        d.pop("videos")
+        for key in ("videos", "missing", "dataset_files"):
+            d.pop(key)
         return d
+
+
+# Why a video of an extracted split has no features: it failed to decode, data.exclude named it,
+# or data.limit cut the split short.
+MISSING_WHY = ("failed", "excluded", "limit")
 
 
 def save_features(path: str | Path, feats: np.ndarray) -> None:

@@ -41,6 +41,7 @@ HELP = {
     "model.preset": "Model size: 'paper' (the published architecture) or 'tiny' (CPU tests, the synthetic world).",
     "task": "Which of this stage's trainings runs (the values are listed in the stage's module docstring).",
     "data.dataset": "Dataset this run reads; its adapter reads paths.<dataset> (see configs/paths.yaml).",
+    "data.exclude": "Videos (by name, e.g. files known to be broken) deliberately left out; every result made from them lists them as left out.",
 }
 
 

@@ -6,6 +6,7 @@ Stage YAML files live in configs/<stage>/ (paper settings) and configs/synthetic
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -57,8 +58,10 @@ def stage_main(
     input_errors: tuple[type[BaseException], ...],
 ) -> int:
     """What every stage's ``python -m <stage>`` does: parse the config, run the stage, and turn an
-    input problem (one of ``input_errors``) or a diverged training (NonFiniteLossError: stage, step,
-    minimax half and terms) into one message and exit status 2.
+    input problem (one of ``input_errors``), a diverged training (NonFiniteLossError: stage, step,
+    minimax half and terms) or an environment fault (an OSError: disk full, no permission, a missing
+    file; see :func:`environment_fault`) into one message and exit status 2. Every file a stage
+    writes is written atomically, so a fault leaves no half-written file behind.
 
     ``run(cfg)`` may return an exit status (an int: feature extraction returns 1 when some video
     failed); any other return value (a results dict) means success, 0. The runtime (a torchrun
@@ -70,6 +73,32 @@ def stage_main(
     except (ConfigError, NonFiniteLossError, *input_errors) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"{prog}: error: {environment_fault(e)}", file=sys.stderr)
+        return 2
     finally:
         shutdown_runtime()
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+# What to do about the environment faults a run meets; the run resumes where it stopped once fixed.
+_FAULT_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or point paths.runs / paths.results at a disk with room, then rerun "
+                  "(it resumes where it stopped)",
+    errno.EDQUOT: "the disk quota is used up: free space or point paths.runs / paths.results elsewhere, then rerun",
+    errno.EACCES: "no permission: make the folder writable (readable for inputs) or point the paths elsewhere",
+    errno.EPERM: "not permitted: make the folder writable (readable for inputs) or point the paths elsewhere",
+    errno.EROFS: "a read-only file system: point paths.runs / paths.results at a writable one",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "a directory where a file was expected",
+    errno.ENOTDIR: "a file where a directory was expected",
+}
+
+
+def environment_fault(e: OSError) -> str:
+    """One line for an OS error: the path, the system's words, the errno name and what to do."""
+    name = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
+    where = f"{e.filename}: " if e.filename else ""
+    hint = _FAULT_HINTS.get(e.errno)
+    text = f"{where}{e.strerror or e}" + (f" [{name}]" if name else "")
+    return text + (f" ({hint})" if hint and hint != (e.strerror or "").lower() else "")

@@ -3,7 +3,8 @@
 Parses the config and runs the stage. Exit status: 0 when every video was extracted (or
 found finished by an earlier run), 1 when some video failed (listed in failures.json of the
 output directory; the rest are extracted), 2 for an input problem found before extracting
-(dataset files, checkpoint, decoder).
+(dataset files, an empty split, checkpoint, decoder) or an environment fault (disk full, no
+permission: one line naming the file; every write is atomic, a rerun resumes).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class DataSection:
         None,
         "Extract only the first N videos of each split (in the adapter's order), for quick trials; null = all.",
     )
+    exclude: list[str] = shared("data.exclude", [])  # recorded in the manifest's "missing" as why = "excluded"
 
 
 @dataclass

@@ -49,7 +49,7 @@ from aux_code.anonymizers import FrameAnonymizer, build_frame_anonymizer
 from aux_code.checkpoint import CheckpointError, atomic_write_json
 from aux_code.clips import clip_frame_indices, extraction_starts
 from aux_code.config import config_hash, resolve_under
-from aux_code.datasets import AnomalyVideo, DatasetError, get_anomaly_dataset
+from aux_code.datasets import AnomalyVideo, DatasetError, dataset_digests, get_anomaly_dataset
 from aux_code.features import MANIFEST, FeatureSetInfo, VideoEntry, save_features, write_manifest
 from aux_code.models import anonymize_clip
 from aux_code.precision import Precision
@@ -107,25 +107,44 @@ def video_fingerprint(path: str | Path, *, chunk: int = 1 << 16) -> str:
     return h.hexdigest()[:16]
 
 
-def build_jobs(adapter, splits: Sequence[str], *, limit: int | None = None) -> list[VideoJob]:
-    """Every video of ``splits`` in adapter order; names must be unique (they name the .npy files)."""
+def build_jobs(adapter, splits: Sequence[str], *, limit: int | None = None,
+               exclude: Sequence[str] = ()) -> tuple[list[VideoJob], dict[str, dict[str, str]]]:
+    """(every video of ``splits`` to extract, in adapter order; the videos of those splits left out).
+
+    Names must be unique (they name the .npy files). ``exclude`` names videos not to extract
+    (each must be in one of the splits); ``limit`` keeps the first N of each split. The left-out
+    videos are returned as the manifest's ``missing`` records ({"split", "why", "detail"}).
+    """
     jobs: list[VideoJob] = []
+    missing: dict[str, dict[str, str]] = {}
     seen: dict[str, str] = {}
+    excluded = set(exclude)
     for split in splits:
-        items = adapter.items(split)
-        if limit is not None:
-            items = items[:limit]
-        for item in items:
+        items = adapter.items(split)  # an empty split is a DatasetError of the adapter
+        for i, item in enumerate(items):
             if item.name in seen:
                 raise DatasetError(f"video name {item.name} appears in split {seen[item.name]} and {split}; "
                                    "feature files are named by video, names must be unique")
             seen[item.name] = split
+            if item.name in excluded:
+                missing[item.name] = {"split": split, "why": "excluded", "detail": "named in data.exclude"}
+                continue
+            if limit is not None and i >= limit:
+                missing[item.name] = {"split": split, "why": "limit", "detail": f"beyond data.limit = {limit}"}
+                continue
             try:
                 fp = video_fingerprint(item.path)
             except OSError:
                 fp = ""  # unreadable: decoding will report it as this video's failure
             jobs.append(VideoJob(index=len(jobs), split=split, item=item, fingerprint=fp))
-    return jobs
+    unknown = sorted(excluded - set(seen))
+    if unknown:
+        raise DatasetError(f"data.exclude names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not a "
+                           f"video of the {' / '.join(splits)} split(s) of {adapter.dataset_name}")
+    for split in splits:
+        if not any(j.split == split for j in jobs):
+            raise DatasetError(f"data.exclude leaves no video of the {split} split of {adapter.dataset_name} to extract")
+    return jobs, missing
 
 
 def entry_for(job: VideoJob, *, num_frames: int, num_clips: int) -> VideoEntry:
@@ -207,14 +226,17 @@ def reusable(entry: VideoEntry | None, job: VideoJob, out_dir: Path) -> bool:
 
 
 def resume_state(jobs: Sequence[VideoJob], out_dir: Path, info: FeatureSetInfo) -> tuple[dict[str, VideoEntry], list[VideoJob]]:
-    """(entries kept from earlier runs, jobs still to extract)."""
+    """(entries kept from earlier runs, jobs still to extract).
+
+    A kept entry's features stay, but its label, class and intervals are read afresh from the
+    dataset: a corrected annotation file changes the manifest without re-extracting anything."""
     previous = previous_entries(out_dir, info)
     done: dict[str, VideoEntry] = {}
     pending: list[VideoJob] = []
     for job in jobs:
         entry = previous.get(job.name)
         if reusable(entry, job, out_dir):
-            done[job.name] = entry
+            done[job.name] = entry_for(job, num_frames=entry.num_frames, num_clips=entry.num_clips)
         else:
             pending.append(job)
     return done, pending
@@ -676,8 +698,9 @@ def run(cfg: ExtractionConfig) -> int:
     started = time.perf_counter()
     # Input problems stop the run before its directory is created.
     check_model_files(cfg)
-    adapter = get_anomaly_dataset(cfg.data.dataset, getattr(cfg.paths, cfg.data.dataset))
-    jobs = build_jobs(adapter, cfg.data.splits, limit=cfg.data.limit)
+    root = getattr(cfg.paths, cfg.data.dataset)
+    adapter = get_anomaly_dataset(cfg.data.dataset, root)
+    jobs, left_out = build_jobs(adapter, cfg.data.splits, limit=cfg.data.limit, exclude=cfg.data.exclude)
     ctx = start_run(cfg, stage=STAGE, tensorboard=False)
     dist, device, out_dir = ctx.dist, ctx.device, ctx.run_dir
     mine = jobs[dist.rank :: dist.world_size]
@@ -690,6 +713,7 @@ def run(cfg: ExtractionConfig) -> int:
     codecs = sorted({c for c in (video_codec(j.item.path) for j in mine) if c}) if wants_dali else []
     decoder = choose_decoder(cfg.extract.decoder, cuda=cuda, codecs=codecs)
     info = feature_set_info(cfg, fa, utility, utility_info, _decoder_family(decoder))
+    info.dataset_files = dataset_digests(cfg.data.dataset, root)
     producer = producer_hash(info)
 
     if dist.distributed:
@@ -737,16 +761,17 @@ def run(cfg: ExtractionConfig) -> int:
     progress.close()
     writer.flush_journal()
 
-    failures = _write_outputs(cfg, ctx, jobs=jobs, info=info, kept=kept, writer=writer, stats=stats,
+    failures = _write_outputs(cfg, ctx, jobs=jobs, left_out=left_out, info=info, kept=kept, writer=writer, stats=stats,
                               loop_seconds=loop_seconds, started=started, decoder=decoder, anonymizer=fa.method)
     ctx.finish()
     return 1 if failures else 0
 
 
-def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, info: FeatureSetInfo, kept: dict, writer: FeatureWriter,
-                   stats, loop_seconds: float, started: float, decoder: str, anonymizer: str) -> list[dict]:
-    """Gather every rank's entries; rank 0 writes manifest.json, failures.json and (only when nothing
-    failed, as the last action) results.json, and prints the summary. Returns the failures."""
+def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, left_out: dict, info: FeatureSetInfo, kept: dict,
+                   writer: FeatureWriter, stats, loop_seconds: float, started: float, decoder: str, anonymizer: str) -> list[dict]:
+    """Gather every rank's entries; rank 0 writes manifest.json (entries, and every video of the splits
+    without one in ``missing``), failures.json and (only when nothing failed, as the last action)
+    results.json, and prints the summary. Returns the failures."""
     dist, out_dir = ctx.dist, ctx.run_dir
     gathered = _gather({"entries": {**kept, **writer.entries}, "failures": writer.failures, "clips": stats.clips,
                         "videos": stats.videos, "model_seconds": stats.model_seconds, "seconds": loop_seconds}, dist)
@@ -757,6 +782,8 @@ def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, info: FeatureSetIn
     seconds = max(part["seconds"] for part in gathered)
     if dist.is_main:
         info.videos = {name: entries[name] for name in sorted(entries)}
+        failed = {f["name"]: {"split": f["split"], "why": "failed", "detail": str(f["error"])} for f in failures}
+        info.missing = dict(sorted({**left_out, **failed}.items()))
         write_manifest(out_dir, info)
         atomic_write_json(out_dir / FAILURES, failures, default=str)
         (out_dir / RESULTS).unlink(missing_ok=True)
@@ -773,6 +800,7 @@ def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, info: FeatureSetIn
         "extracted": extracted,
         "resumed": len(jobs) - extracted - len(failures),
         "failed": len(failures),
+        "left_out": {name: m["why"] for name, m in sorted(left_out.items())},
         "clips": clips,
         "clips_per_s": round(clips / seconds, 2) if clips and seconds > 0 else None,
         "extract_seconds": round(seconds, 3),
@@ -788,8 +816,11 @@ def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, info: FeatureSetIn
     }
     if dist.is_main:
         ctx.logger.log(0, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, phase="summary")
+        speed = (f"{clips} clips at {summary['clips_per_s']} clips/s" if summary["clips_per_s"] is not None
+                 else "nothing left to extract")
+        excluded = f", {len(left_out)} left out ({', '.join(sorted({m['why'] for m in left_out.values()}))})" if left_out else ""
         print(f"extraction done in {total_seconds:.1f} s: {extracted} extracted, {summary['resumed']} finished earlier, "
-              f"{len(failures)} failed; {clips} clips at {summary['clips_per_s']} clips/s -> {out_dir}", flush=True)
+              f"{len(failures)} failed{excluded}; {speed} -> {out_dir}", flush=True)
         if failures:
             print(f"{len(failures)} video(s) failed (listed in {out_dir / FAILURES}):", flush=True)
             for f in failures:

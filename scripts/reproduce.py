@@ -50,9 +50,12 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from aux_code.checkpoint import atomic_write, atomic_write_json, atomic_write_text
-from aux_code.config import ConfigError, PathsConfig, RunConfig, config_hash, load_config, opt, parse_cli, resolve_under, to_dict
+from aux_code.anonymizers import AnonymizerSection
+from aux_code.config import (ConfigError, PathsConfig, RunConfig, config_hash, flatten_mapping, load_config, opt, parse_cli,
+                             resolve_under, to_dict)
+from aux_code.datasets import DatasetError, dataset_digests
 from aux_code.runtime import run_dir_for
-from aux_code.stages import STAGES, schema_for_stage
+from aux_code.stages import STAGES, environment_fault, schema_for_stage
 from aux_code.stats import DEFAULT_RESAMPLES, BootstrapCI, BootstrapError, cmap_ci, frame_metric_ci
 
 PROG = "python -m scripts.reproduce"
@@ -408,8 +411,117 @@ def run_step(step: Step, fingerprint: str, run_dir: Path, *, launcher=launch) ->
     return "ran", seconds
 
 
-def execute(plan: Plan, *, launcher=launch) -> dict[str, dict]:
-    """Run every step in order; returns per step: status, fingerprint, config hash, results."""
+class PreflightError(ConfigError):
+    """What the plan needs and does not have, all of it, found before the first step runs."""
+
+
+@dataclass
+class StepInput:
+    """A step's config as it will run, and what it is checked and fingerprinted by."""
+
+    config: Any
+    dataset_files: dict[str, dict[str, str]]  # paths key -> {relative file: digest} (aux_code.datasets.dataset_digests)
+    shortened: list[dict]  # training lengths the per-stage overrides shortened: {"key", "config", "run"}
+
+
+def step_inputs(stage: str, cfg: Any) -> list[tuple[str, Path]]:
+    """(config key, path) of every file a step of ``stage`` will read besides its dataset: weight
+    files, stage-1 init checkpoints, the trained anonymizer, the feature set."""
+    out: list[tuple[str, Path]] = []
+
+    def add(key: str, value: str | None, root: str) -> None:
+        if value:
+            out.append((key, resolve_under(root, value)))
+
+    anonymizer = getattr(cfg, "anonymizer", None)
+    if isinstance(anonymizer, AnonymizerSection) and anonymizer.method == "unet":
+        add("anonymizer.checkpoint", anonymizer.checkpoint, cfg.paths.runs)
+    if stage == "extraction" or (stage == "privacy" and cfg.task == "probe"):
+        out += cfg.utility.files(cfg.paths)
+    if stage == "privacy":
+        add("model.weights", cfg.model.weights, cfg.paths.weights)
+    if stage == "anonymization":
+        inits = {k: getattr(cfg.init, k) for k in ("anonymizer", "utility", "budget")} if cfg.task == "minimax" else {}
+        for key, value in inits.items():
+            add(f"init.{key}", value, cfg.paths.runs)
+        # A fresh model reads its weights file; an init checkpoint replaces it.
+        if cfg.task == "utility_pretrain" or (cfg.task == "minimax" and inits["utility"] is None):
+            add("model.utility_weights", cfg.model.utility_weights, cfg.paths.weights)
+        if cfg.task == "budget_ssl" or (cfg.task == "minimax" and inits["budget"] is None):
+            add("model.budget_weights", cfg.model.budget_weights, cfg.paths.weights)
+    if stage == "anomaly":
+        out.append(("data.features", cfg.feature_dir() / "manifest.json"))
+    return out
+
+
+def _training_length(key: str) -> bool:
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf in ("epochs", "steps_per_epoch") or key == "data.limit"
+
+
+def _shorter(run: Any, config: Any) -> bool:
+    if config is None:  # null = the whole split / one full pass: any number shortens it
+        return run is not None
+    return isinstance(run, (int, float)) and isinstance(config, (int, float)) and run < config
+
+
+def shortened_training(step: Step, extras: Sequence[str]) -> list[dict]:
+    """The training lengths (epochs, steps per epoch, data.limit) that the reproduce config's per-stage
+    ``extras`` overrides make shorter than the step's stage file says: a smoke run, not a result."""
+    if not extras:
+        return []
+    schema = schema_for_stage(step.stage)
+    argv = list(step.argv()[2:])
+    run = flatten_mapping(to_dict(load_config(schema, step.config, argv, check_paths=False)))
+    configured = flatten_mapping(to_dict(load_config(schema, step.config, [o for o in argv if o not in set(extras)],
+                                                     check_paths=False)))
+    return [{"key": k, "config": configured.get(k), "run": v} for k, v in sorted(run.items())
+            if _training_length(k) and _shorter(v, configured.get(k))]
+
+
+def preflight(plan: Plan, cfg: ReproduceConfig) -> dict[str, StepInput]:
+    """Before any step runs: every step's config parses (every per-stage override is checked, dataset
+    roots exist), every dataset file is readable, and every file a step reads exists or is made by an
+    earlier step of the plan. Raises PreflightError listing every problem at once."""
+    problems: dict[str, list[str]] = {}  # message -> steps
+    inputs: dict[str, StepInput] = {}
+    digests: dict[tuple[str, str], dict[str, str]] = {}
+    loaded = {}
+    for step in plan.steps.values():
+        try:
+            loaded[step.key] = _load_step_config(step)
+        except ConfigError as e:
+            problems.setdefault(f"config: {e}", []).append(step.key)
+    made = [run_dir_for(c.paths.runs, plan.steps[k].stage, plan.steps[k].name).resolve() for k, c in loaded.items()]
+    for key, step_cfg in loaded.items():
+        step = plan.steps[key]
+        files: dict[str, dict[str, str]] = {}
+        for root_key in step_cfg.required_paths():
+            root = str(getattr(step_cfg.paths, root_key))
+            try:
+                if (root_key, root) not in digests:
+                    digests[(root_key, root)] = dataset_digests(root_key, root)
+                files[root_key] = digests[(root_key, root)]
+            except (DatasetError, OSError) as e:
+                problems.setdefault(f"dataset paths.{root_key}: {e}", []).append(key)
+        for config_key, path in step_inputs(step.stage, step_cfg):
+            resolved = path.resolve()
+            if not path.exists() and not any(resolved.is_relative_to(d) for d in made):
+                problems.setdefault(f"{config_key} = {path} does not exist and no step of the plan makes it", []).append(key)
+        inputs[key] = StepInput(step_cfg, files, shortened_training(step, getattr(cfg.overrides, step.stage, [])))
+    if problems:
+        lines = [f"{m} (step{'s' if len(ks) > 1 else ''} {', '.join(ks[:4])}{', ...' if len(ks) > 4 else ''})"
+                 for m, ks in problems.items()]
+        raise PreflightError(f"{len(lines)} problem(s) found before the first step; nothing was run:\n  " + "\n  ".join(lines))
+    return inputs
+
+
+def execute(plan: Plan, inputs: dict[str, StepInput], *, launcher=launch) -> dict[str, dict]:
+    """Run every step in order; returns per step: status, fingerprint, config hash, results.
+
+    A step's fingerprint hashes its resolved config, the digests of the dataset files it reads
+    (lists, annotations, labels) and the fingerprints of the steps it reads, so a changed
+    annotation file reruns exactly the steps that read it and those downstream."""
     done: dict[str, dict] = {}
     for i, step in enumerate(plan.steps.values(), 1):
         blocked = [n for n in step.needs if done.get(n, {}).get("status") not in ("ran", "reused")]
@@ -417,14 +529,10 @@ def execute(plan: Plan, *, launcher=launch) -> dict[str, dict]:
             done[step.key] = {"status": "skipped", "reason": f"needs {', '.join(blocked)}"}
             print(f"[{i}/{len(plan.steps)}] {step.key}: skipped (needs {', '.join(blocked)})", flush=True)
             continue
-        try:
-            step_cfg = _load_step_config(step)
-        except ConfigError as e:
-            done[step.key] = {"status": "failed", "reason": f"config: {e}"}
-            print(f"[{i}/{len(plan.steps)}] {step.key}: config error: {e}", flush=True)
-            continue
+        step_cfg = inputs[step.key].config
         chash = config_hash(step_cfg)
-        fingerprint = config_hash({"config": to_dict(step_cfg), "inputs": [done[n]["fingerprint"] for n in step.needs]})
+        fingerprint = config_hash({"config": to_dict(step_cfg), "inputs": [done[n]["fingerprint"] for n in step.needs],
+                                   "dataset_files": inputs[step.key].dataset_files})
         run_dir = run_dir_for(step_cfg.paths.runs, step.stage, step.name)
         print(f"[{i}/{len(plan.steps)}] {step.key}: {step.command()}", flush=True)
         try:
@@ -446,6 +554,8 @@ def execute(plan: Plan, *, launcher=launch) -> dict[str, dict]:
             "run_dir": str(run_dir), "command": step.command(),
             "results": _read_json(run_dir / "results.json"),
         }
+        if inputs[step.key].shortened:
+            done[step.key]["shortened"] = inputs[step.key].shortened
     return done
 
 
@@ -551,6 +661,10 @@ def collect(plan: Plan, done: dict[str, dict], boot: BootstrapSection | None = N
             "anomaly_ci": a_ci,
             "privacy_step": p.privacy,
             "anomaly_steps": list(p.anomaly),
+            # From the MGFN runs' results.json: the videos their feature set left out, and whether any of
+            # them was accepted only as a partial result (data.allow_partial).
+            "videos_left_out": sorted({v["name"] for r in runs if r for v in r.get("videos_left_out", [])}),
+            "partial": any(bool(r.get("partial")) for r in runs if r),
         }
         notes = {k: v for k, v in (("cmap_ci", c_note), ("anomaly_ci", a_note)) if v}
         if notes:
@@ -605,10 +719,19 @@ TABLE_TITLES = {
 }
 
 
+def _row_label(p: dict) -> str:
+    return p["label"] + (" (partial)" if p.get("partial") else " *" if p.get("videos_left_out") else "")
+
+
 def render_tables(summary: dict) -> str:
     points = summary["points"]
     metric = next((p["anomaly_metric"] for p in points.values() if p["anomaly_metric"]), "auc").upper()
     out = []
+    smoke = summary.get("smoke_run")
+    if smoke:
+        shown = "; ".join(smoke["changes"][:6]) + ("; ..." if len(smoke["changes"]) > 6 else "")
+        out += [f"> **Smoke run: these figures are not results.** The per-stage overrides shorten training in "
+                f"{len(smoke['steps'])} stage run(s) ({shown}).", ""]
     if summary["probes"]:
         out += [
             "### Table 1: feature-level privacy leakage (MLP probe on fT features of privacy images repeated into static clips)",
@@ -630,10 +753,18 @@ def render_tables(summary: dict) -> str:
             p = points[name]
             spread = f"{_pct(min(p['anomaly_runs']))}-{_pct(max(p['anomaly_runs']))}" if p["anomaly_runs"] else "n/a"
             out.append(
-                f"| {p['label']} | {_with_ci(p['cmap'], p.get('cmap_ci'))} | {_signed(p['privacy_reduction_pct'])} | "
+                f"| {_row_label(p)} | {_with_ci(p['cmap'], p.get('cmap_ci'))} | {_signed(p['privacy_reduction_pct'])} | "
                 f"{_with_ci(p['anomaly'], p.get('anomaly_ci'))} | {spread} | {_signed(p['anomaly_change_pct'])} |"
             )
         out.append("")
+        for name in names:
+            p = points[name]
+            if p.get("videos_left_out"):
+                left = p["videos_left_out"]
+                kind = "partial: videos missing from its feature set" if p.get("partial") else "* videos left out by name"
+                out.append(f"{p['label']} ({kind}): {len(left)} video(s): {', '.join(left[:10])}{', ...' if len(left) > 10 else ''}")
+        if any(points[n].get("videos_left_out") for n in names):
+            out.append("")
     return "\n".join(out)
 
 
@@ -678,37 +809,85 @@ def draw_tradeoff(summary: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- entry
 
 
+def smoke_note(inputs: dict[str, StepInput]) -> dict | None:
+    """What makes this a smoke run (per-stage overrides that shorten training), or None."""
+    cut = {k: i.shortened for k, i in inputs.items() if i.shortened}
+    if not cut:
+        return None
+    changes = sorted({f"{key.split('/')[0]} {c['key']} {c['config']} -> {c['run']}" for key, items in cut.items() for c in items})
+    return {"steps": sorted(cut), "changes": changes}
+
+
+def lost_figures(old: dict, new: dict) -> list[str]:
+    """The figures (cMAP, AUC of a table row or probe) that ``old`` summary has and ``new`` does not."""
+    lost = []
+    for group, keys in (("points", ("cmap", "anomaly")), ("probes", ("cmap",))):
+        for name, before in (old.get(group) or {}).items():
+            after = (new.get(group) or {}).get(name) or {}
+            lost += [f"{before.get('label', name)}: {k}" for k in keys if before.get(k) is not None and after.get(k) is None]
+    return lost
+
+
+def write_outputs(out_dir: Path, summary: dict, tables: str) -> Path:
+    """tables.md, tradeoff.png and summary.json; returns where the tables went.
+
+    A run that has fewer figures than the summary already there (a failed step's row is n/a where
+    the earlier run had a number) never replaces it: its outputs go to ``*.incomplete.*`` beside."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old = _read_json(out_dir / "summary.json") or {}
+    lost = lost_figures(old, summary)
+    suffix = ".incomplete" if lost else ""
+    if lost:
+        shown = ", ".join(lost[:6]) + (f" and {len(lost) - 6} more" if len(lost) > 6 else "")
+        print(f"kept {out_dir / 'tables.md'} and summary.json of an earlier run: this run lacks {shown}; its outputs are "
+              f"the *{suffix}.* files beside them", file=sys.stderr, flush=True)
+        summary = {**summary, "kept_earlier_outputs": {"lacks": lost}}
+    atomic_write_text(out_dir / f"tables{suffix}.md", tables + "\n")
+    draw_tradeoff(summary, out_dir / f"tradeoff{suffix}.png")
+    atomic_write_json(out_dir / f"summary{suffix}.json", summary, default=str)
+    return out_dir / f"tables{suffix}.md"
+
+
 def run(cfg: ReproduceConfig, *, launcher=launch) -> int:
-    """Runs the plan and writes the outputs; returns the number of failed or skipped steps."""
+    """Runs the plan and writes the outputs; returns the number of failed or skipped steps.
+
+    Raises PreflightError (nothing run) when a step's config or a file the plan reads is wrong."""
     plan = build_plan(cfg)
     out_dir = resolve_under(cfg.paths.results, Path("reproduce") / cfg.run.name)
+    inputs = preflight(plan, cfg)
     print(f"{len(plan.steps)} stage runs for {len(plan.points)} methods; results in {out_dir}", flush=True)
     start = time.perf_counter()
-    done = execute(plan, launcher=launcher)
+    done = execute(plan, inputs, launcher=launcher)
     summary = collect(plan, done, cfg.bootstrap)
     summary.update(
         config_hash=config_hash(cfg),
         dataset=cfg.dataset,
         wall_seconds=round(time.perf_counter() - start, 1),
+        smoke_run=smoke_note(inputs),
         steps=done,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     tables = render_tables(summary)
-    atomic_write_text(out_dir / "tables.md", tables + "\n")
-    draw_tradeoff(summary, out_dir / "tradeoff.png")
-    atomic_write_json(out_dir / "summary.json", summary, default=str)
+    written = write_outputs(out_dir, summary, tables)
     print("\n" + tables)
     bad = {k: d for k, d in done.items() if d["status"] in ("failed", "skipped")}
     for k, d in bad.items():
         print(f"{k}: {d['status']}: {d['reason']}", file=sys.stderr)
-    print(f"wrote {out_dir / 'tables.md'}, {out_dir / 'tradeoff.png'}, {out_dir / 'summary.json'} "
+    print(f"wrote {written}, {written.with_name(written.name.replace('tables', 'tradeoff').replace('.md', '.png'))}, "
+          f"{written.with_name(written.name.replace('tables', 'summary').replace('.md', '.json'))} "
           f"({summary['wall_seconds']:.0f} s)", flush=True)
     return len(bad)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = parse_cli(ReproduceConfig, argv, default_config=DEFAULT_CONFIG, prog=PROG)
-    return 1 if run(cfg) else 0
+    try:
+        return 1 if run(cfg) else 0
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the driver's own writes (markers, tables, summary): one line, never a traceback
+        print(f"{PROG}: error: {environment_fault(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

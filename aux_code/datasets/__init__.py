@@ -12,7 +12,7 @@ from .common import (
     read_person_boxes,
     runs_of_ones,
 )
-from .registry import ANOMALY_DATASETS, AnomalyDataset, get_anomaly_dataset
+from .registry import ANOMALY_DATASETS, AnomalyDataset, dataset_digests, dataset_metadata_files, get_anomaly_dataset
 from .shanghaitech import ShanghaiTech
 from .ucf101 import UCF101
 from .ucf_crime import UCFCrime
@@ -22,6 +22,6 @@ from .xd_violence import XD_CATEGORIES, XDViolence, parse_xd_label
 __all__ = [
     "ANOMALY_DATASETS", "AnomalyDataset", "AnomalyVideo", "DatasetError", "ImageItem", "ShanghaiTech",
     "UCF101", "UCFCrime", "VISPR", "VISPR_ATTRIBUTES", "VideoItem", "XDViolence", "XD_CATEGORIES",
-    "carve_validation", "get_anomaly_dataset", "intervals_to_frame_labels", "load_label_dict",
+    "carve_validation", "dataset_digests", "dataset_metadata_files", "get_anomaly_dataset", "intervals_to_frame_labels", "load_label_dict",
     "parse_xd_label", "read_person_boxes", "runs_of_ones",
 ]

@@ -106,6 +106,17 @@ class DatasetAdapter:
         return path
 
 
+def is_plain_name(part: str) -> bool:
+    """A list entry's folder or file name that stays where it is joined ('..', '.', '' and absolute names do not)."""
+    return part not in ("", ".", "..") and "/" not in part and "\\" not in part
+
+
+def empty_split_message(adapter: DatasetAdapter, split: str, source: Path) -> str:
+    """The error for a split with no usable item: nothing to train or test on is never a result."""
+    skipped = f"; {len(adapter.problems)} item(s) were skipped as bad: {adapter.problems[0]}" if adapter.problems else ""
+    return f"{adapter.dataset_name}: the {split} split ({source}) has no usable item{skipped}"
+
+
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines with their 1-based line numbers; tolerates CRLF endings and a BOM."""
     try:
@@ -230,7 +241,10 @@ class AnomalyAdapter(DatasetAdapter):
         if split not in self.splits:
             raise ValueError(f"{self.dataset_name} split must be 'train' or 'test', got {split!r}")
         if split not in self._cache:
-            self._cache[split] = self._parse(split)
+            parsed = self._parse(split)
+            if not parsed:
+                raise DatasetError(empty_split_message(self, split, getattr(self, "list_files", {}).get(split, self.root)))
+            self._cache[split] = parsed
         return list(self._cache[split])
 
     def frame_labels(self, item: AnomalyVideo, num_frames: int) -> np.ndarray:

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Union
 
+from aux_code.checkpoint import file_digest
+
 from .shanghaitech import ShanghaiTech
+from .ucf101 import UCF101
 from .ucf_crime import UCFCrime
+from .vispr import VISPR
 from .xd_violence import XDViolence
 
 AnomalyDataset = Union[UCFCrime, XDViolence, ShanghaiTech]
@@ -26,3 +30,20 @@ def get_anomaly_dataset(name: str, root: str | Path, **options: Any) -> AnomalyD
     if name not in ANOMALY_DATASETS:
         raise ValueError(f"unknown anomaly dataset {name!r}; expected one of {', '.join(ANOMALY_DATASETS)}")
     return ANOMALY_DATASETS[name](root, **options)
+
+
+def dataset_metadata_files(key: str, root: str | Path) -> list[Path]:
+    """The list, annotation and label files of the dataset at ``paths.<key>`` (its readers' defaults):
+    what labels, splits and intervals are read from, so a changed file changes every result that
+    used it (aux_code.features manifests, the reproduce fingerprints). Empty for keys without
+    such files here (the unsupervised sets, weights, runs)."""
+    readers: dict[str, type] = {**ANOMALY_DATASETS, "ucf101": UCF101, "vispr": VISPR}
+    if key not in readers:
+        return []
+    return readers[key](root).metadata_files()
+
+
+def dataset_digests(key: str, root: str | Path) -> dict[str, str]:
+    """``{path relative to root: digest}`` of :func:`dataset_metadata_files`."""
+    root = Path(root)
+    return {str(p.relative_to(root)): file_digest(p) for p in dataset_metadata_files(key, root)}

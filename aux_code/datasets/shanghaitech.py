@@ -61,6 +61,11 @@ class ShanghaiTech(AnomalyAdapter):
             if not folder.is_dir():
                 raise DatasetError(f"ShanghaiTech: folder {folder} does not exist")
 
+    def metadata_files(self) -> list[Path]:
+        """The split lists and every test frame mask: the files labels and intervals come from."""
+        lists = [p for p in (self.list_files["train"], self.list_files["test"]) if p.is_file()]
+        return lists + sorted(self.mask_dir.glob("*.npy"))
+
     def mask_path(self, name: str) -> Path:
         return self.mask_dir / f"{name}.npy"
 

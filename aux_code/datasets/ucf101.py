@@ -21,7 +21,8 @@ from typing import Literal
 
 import numpy as np
 
-from .common import DatasetAdapter, DatasetError, OnError, VideoItem, read_lines, read_person_boxes
+from .common import (DatasetAdapter, DatasetError, OnError, VideoItem, empty_split_message, is_plain_name, read_lines,
+                     read_person_boxes)
 
 Split = Literal["train", "test"]
 
@@ -53,6 +54,11 @@ class UCF101(DatasetAdapter):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def metadata_files(self) -> list[Path]:
+        """classInd.txt and the split lists of every fold present (whichever fold a run reads)."""
+        names = ["classInd.txt"] + [f"{s}list0{f}.txt" for f in (1, 2, 3) for s in ("train", "test")]
+        return [self.lists_root / n for n in names if (self.lists_root / n).is_file()]
 
     def _read_class_index(self) -> tuple[str, ...]:
         path = self._require_file(self.lists_root / "classInd.txt", "class index")
@@ -101,6 +107,9 @@ class UCF101(DatasetAdapter):
                 self._problem(f"{where}: {line!r} is malformed (expected {form})")
                 continue
             class_name, file_name = relative.split("/")
+            if not is_plain_name(file_name):
+                self._problem(f"{where}: {line!r} leaves {self.videos_root} (expected {form})")
+                continue
             if class_name not in self._class_ids:
                 self._problem(f"{where}: class folder {class_name!r} is not in classInd.txt")
                 continue
@@ -124,4 +133,6 @@ class UCF101(DatasetAdapter):
                 continue
             seen.add(relative)
             out.append(VideoItem(path=video, name=Path(file_name).stem, label=label, class_name=class_name))
+        if not out:
+            raise DatasetError(empty_split_message(self, split, path))
         return out

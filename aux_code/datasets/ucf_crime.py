@@ -29,6 +29,7 @@ from .common import (
     AnomalyAdapter,
     DatasetError,
     OnError,
+    is_plain_name,
     read_lines,
 )
 
@@ -60,6 +61,10 @@ class UCFCrime(AnomalyAdapter):
         self.list_files = {"train": self.root / train_list, "test": self.root / test_list}
         self.annotation_path = self.root / annotation_file
 
+    def metadata_files(self) -> list[Path]:
+        """The split lists and the temporal annotation: every file labels and intervals come from."""
+        return [p for p in (self.list_files["train"], self.list_files["test"], self.annotation_path) if p.is_file()]
+
     # ------------------------------------------------------------------ parsing
 
     def _parse(self, split: Split) -> list[AnomalyVideo]:
@@ -74,6 +79,9 @@ class UCFCrime(AnomalyAdapter):
                 self._problem(f"{where}: {line!r} is malformed (expected '<Folder>/<name>_x264.mp4')")
                 continue
             folder, file_name = parts[0].split("/")
+            if not (is_plain_name(folder) and is_plain_name(file_name)):
+                self._problem(f"{where}: {line!r} leaves {self.videos_root} (expected '<Folder>/<name>_x264.mp4')")
+                continue
             video = self.videos_root / folder / file_name
             if not video.is_file():
                 self._problem(f"{where}: video {video} does not exist")

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .common import DatasetAdapter, DatasetError, ImageItem, OnError, carve_validation
+from .common import DatasetAdapter, DatasetError, ImageItem, OnError, carve_validation, empty_split_message
 
 VISPR_ATTRIBUTES: tuple[str, ...] = (
     "gender",
@@ -131,6 +131,12 @@ class VISPR(DatasetAdapter):
             f"(expected {released_split}_labels.pkl or {released_split}_labels.json)"
         )
 
+    def metadata_files(self) -> list[Path]:
+        """The label files of both released splits (and the synthetic world's person boxes, where shipped)."""
+        labels = [self.root / f"{s}_labels{x}" for s in ("train", "test") for x in (".pkl", ".json")]
+        boxes = [self.root / f"person_boxes_{s}2017.json" for s in ("train", "test")]
+        return [p for p in labels + boxes if p.is_file()]
+
     def person_boxes(self, item: ImageItem) -> np.ndarray:
         """Ground-truth person boxes of an image, int32 ``(n, 4)`` rows ``x0, y0, x1, y1`` (x1/y1 exclusive).
 
@@ -201,4 +207,6 @@ class VISPR(DatasetAdapter):
         if unlabeled:
             shown = ", ".join(unlabeled[:5]) + (" ..." if len(unlabeled) > 5 else "")
             self._problem(f"{image_dir}: {len(unlabeled)} image(s) have no entry in {label_path}: {shown}")
+        if not out:
+            raise DatasetError(empty_split_message(self, released_split, label_path))
         return out

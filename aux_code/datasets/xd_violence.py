@@ -82,6 +82,10 @@ class XDViolence(AnomalyAdapter):
         self.split_dirs = {"train": self.root / train_dir, "test": self.root / test_dir}
         self.annotation_path = self.root / annotation_file
 
+    def metadata_files(self) -> list[Path]:
+        """The annotation file (labels come from the video names, which the video fingerprints cover)."""
+        return [self.annotation_path] if self.annotation_path.is_file() else []
+
     # ------------------------------------------------------------------ parsing
 
     def _parse(self, split: Split) -> list[AnomalyVideo]:

@@ -601,3 +601,25 @@ def test_tables_mark_rows_whose_feature_sets_left_videos_out(tmp_path):
     assert "| Raw (partial) |" in tables and "| Blur * |" in tables
     assert "Raw (partial: videos missing from its feature set): 1 video(s): v1" in tables
     assert "Blur (* videos left out by name): 1 video(s): v2" in tables
+
+
+@pytest.mark.slow
+def test_stage4_killed_at_every_checkpoint_write_reports_the_uninterrupted_selection(fake, monkeypatch):
+    """The issue's stage-4 case (epoch 2's weights tested under epoch 4's validation score), through the real
+    MGFN task: a kill at each write of last.pt / best.pt / results.json, then the same command again."""
+    args = [*FAKE_ARGS, "optim.epochs=4", "eval.every=1"]
+    log = WriteLog(monkeypatch)
+    assert anomaly_main([*args, "run.name=straight"]) == 0
+    monkeypatch.undo()
+    straight = json.loads((fake / "anomaly" / "straight" / "results.json").read_text())
+    for k, target in enumerate(log.targets, 1):
+        monkeypatch.setenv("TEDSPAD_PATHS", str(fake.parent / "paths.yaml"))
+        WriteLog(monkeypatch, kill_at=k)
+        with pytest.raises(Killed):
+            anomaly_main([*args, f"run.name=kill{k}"])
+        monkeypatch.undo()
+        monkeypatch.setenv("TEDSPAD_PATHS", str(fake.parent / "paths.yaml"))
+        assert anomaly_main([*args, f"run.name=kill{k}"]) == 0, (k, target)
+        resumed = json.loads((fake / "anomaly" / f"kill{k}" / "results.json").read_text())
+        assert (resumed["selection"], resumed["test"]) == (straight["selection"], straight["test"]), (k, target)
+        assert checkpoint_epoch(fake / "anomaly" / f"kill{k}" / "best.pt") == resumed["selection"]["epoch"], (k, target)

@@ -109,9 +109,8 @@ class ScoreConfig:
     run: RemoteRunConfig = opt(RemoteRunConfig(), "Run name (the output folder) and device.")
     codes: str = opt("camera/default", "Folder of received code files (a remote.encode run directory), relative to paths.runs.")
     decoder: str = opt("dpae/dp_adam/decoder.pt", "The server's decoder file (paired with the camera's encoder), relative to paths.runs.")
-    utility: UtilitySource = opt(UtilitySource(checkpoint="anonymization/utility/best.pt"), "fT, which turns reconstructed clips into features.")
-    clip: ClipSection = opt(ClipSection(clip_len=8, skip=2, resolution=32, crop_scale=1.0),
-                            "Clips of the reconstructed frames as fT's input (as stage 3 cut them).")
+    utility: UtilitySource = opt(UtilitySource(), "fT, which turns reconstructed clips into features (the one stage 3 used).")
+    clip: ClipSection = opt(ClipSection(), "Clips of the reconstructed frames as fT's input (as stage 3 cut them).")
     detector: DetectorSection = opt(DetectorSection(), "The anomaly detector.")
     eval: ServerEval = opt(ServerEval(), "Online scoring and plots.")
 

@@ -167,7 +167,9 @@ def run(cfg: ScoreConfig) -> dict:
     write_run_config(cfg, out_dir)
     sas_cfg = cfg.eval.sas
     clip_span = cfg.clip.clip_len * cfg.clip.skip
-    plot_budget = len(files) if cfg.eval.plot_videos is None else cfg.eval.plot_videos
+    # Anomalous videos first (where the ground truth is known), as stage 4 picks the videos it plots.
+    by_interest = sorted(files, key=lambda f: (truth.get(f.name, (None,))[0] != 1, f.name))
+    plotted = set(by_interest if cfg.eval.plot_videos is None else by_interest[: cfg.eval.plot_videos])
     videos, timing = [], {"decode_s": 0.0, "features_s": 0.0, "detector_s": 0.0, "frames": 0, "clips": 0}
     for f in files:
         t0 = time.perf_counter()
@@ -189,7 +191,7 @@ def run(cfg: ScoreConfig) -> dict:
             gt = frame_ground_truth(intervals, scores.size * clip_span)
             if 0 < gt.sum() < gt.size:
                 record["frame_auc"] = frame_auc(gt, expand_clip_scores(scores, clip_span=clip_span))
-        if len(videos) < plot_budget:
+        if f in plotted:
             record["plot"] = str(plot_scores(out_dir / "plots" / f"{f.stem}.png", f.stem, scores, sas, clip_span=clip_span,
                                              threshold=sas_cfg.threshold, intervals=intervals).relative_to(out_dir))
         videos.append(record)

@@ -216,6 +216,10 @@ def test_remote_encode_then_score_reproduces_stage_3_features(env) -> None:
     for v in s["videos"]:
         assert len(v["clip_scores"]) == len(v["sas"]) == v["clips"] == v["frames"] // 16
         assert (env / "runs" / "server" / "srv" / v["plot"]).is_file() and v["label"] in (0, 1)
+    # eval.plot_videos=1: one plot, of an anomalous video.
+    assert score_main(["--config", str(CONFIGS / "server" / "default.yaml"), *server[:-1], "run.name=srv1", "eval.plot_videos=1"]) == 0
+    plotted = [v for v in _results(env, "server", "srv1", "score.json")["videos"] if "plot" in v]
+    assert len(plotted) == 1 and plotted[0]["label"] == 1
 
 
 def test_server_refuses_codes_of_another_encoder_before_decoding(env, capsys) -> None:

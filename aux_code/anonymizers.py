@@ -13,6 +13,9 @@ downsample  average-pool by ``factor`` then bilinear back up: the paper's 2x (11
             and 4x (56 px) baselines keep the model's input size
 blur        Gaussian blur (kernel 13, sigma 10 in the paper) inside person boxes
 blacken     person boxes set to black
+face_blur   Gaussian blur inside the faces OpenCV's Haar frontal-face cascade finds (the
+            baseline deployed systems use; the cascade ships with opencv-python-headless 4.x)
+face_blacken  the same face boxes set to black
 dpae        Giorgi et al.'s DP autoencoder: the camera's encoder, the code as it travels
             (float16), the server's decoder (files ``encoder`` / ``decoder``)
 ==========  =====================================================================
@@ -29,8 +32,9 @@ Two phases, because they act at different resolutions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +49,8 @@ __all__ = [
     "AnonymizerSection",
     "FrameAnonymizer",
     "HOGPersonDetector",
+    "HaarFaceDetector",
+    "haar_face_cascade",
     "Downsample",
     "build_frame_anonymizer",
     "gaussian_kernel1d",
@@ -53,14 +59,19 @@ __all__ = [
     "box_mask",
 ]
 
-Method = Literal["raw", "unet", "downsample", "blur", "blacken", "dpae"]
+Method = Literal["raw", "unet", "downsample", "blur", "blacken", "dpae", "face_blur", "face_blacken"]
+# Methods that edit boxes at the original resolution: what the boxes are, and which edit.
+PERSON_BOX_METHODS = ("blur", "blacken")
+FACE_BOX_METHODS = ("face_blur", "face_blacken")
+BLUR_METHODS = ("blur", "face_blur")
+HAAR_FRONTAL_FACE = "haarcascade_frontalface_default.xml"
 
 
 @dataclass
 class AnonymizerSection:
     """Which anonymization a stage applies before its model (raw, trained fA, or a baseline)."""
 
-    method: Method = opt("raw", "raw | unet (trained fA) | downsample | blur (person boxes) | blacken (person boxes) | dpae (DP autoencoder round trip).")
+    method: Method = opt("raw", "raw | unet (trained fA) | downsample | blur (person boxes) | blacken (person boxes) | dpae (DP autoencoder round trip) | face_blur / face_blacken (faces the Haar cascade finds).")
     checkpoint: Optional[str] = opt(
         None,
         "method unet: stage-1 checkpoint holding the anonymizer, e.g. anonymization/tedspad/best.pt; "
@@ -74,12 +85,26 @@ class AnonymizerSection:
         None, "method dpae: the server's decoder file trained with that encoder, e.g. dpae/dp_adam/decoder.pt (under paths.runs)."
     )
     factor: int = opt(2, "method downsample: integer factor (2 = the paper's 112 px, 4 = 56 px at 224 input).")
-    blur_kernel: int = opt(13, "method blur: Gaussian kernel size in pixels (odd; 13 in the paper).")
-    blur_sigma: float = opt(10.0, "method blur: Gaussian sigma in pixels (10 in the paper).")
+    blur_kernel: int = opt(13, "methods blur / face_blur: Gaussian kernel size in pixels (odd; 13 in the paper).")
+    blur_sigma: float = opt(10.0, "methods blur / face_blur: Gaussian sigma in pixels (10 in the paper).")
     boxes: Literal["gt", "hog"] = opt(
         "gt",
         "methods blur/blacken: where person boxes come from: 'gt' (the dataset's ground-truth boxes; only the "
         "synthetic world has them) or 'hog' (OpenCV's HOG people detector, for real data).",
+    )
+    face_min_side: int = opt(
+        384,
+        "methods face_blur / face_blacken: before the Haar cascade looks, an image whose short side is below this is "
+        "upscaled (bilinear) until it reaches it, and the boxes are mapped back; the cascade's smallest face is "
+        "24x24 px, so small images (the synthetic world's 80-96 px) find faces only upscaled. 0: never upscale.",
+    )
+    face_min_neighbors: int = opt(
+        5, "methods face_blur / face_blacken: Haar detectMultiScale minNeighbors (higher: fewer, surer faces)."
+    )
+    face_margin: float = opt(
+        0.2,
+        "methods face_blur / face_blacken: each face box grows by this fraction of its side on every side (the "
+        "cascade's box is tight around eyes and mouth; 0: the box as found).",
     )
 
     def validate(self) -> None:
@@ -90,10 +115,15 @@ class AnonymizerSection:
                               "encoder.pt and decoder.pt)")
         if self.method == "downsample" and self.factor < 2:
             raise ConfigError(f"anonymizer.factor = {self.factor} must be >= 2 for method downsample")
-        if self.method == "blur" and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0 or self.blur_sigma <= 0):
+        if self.method in BLUR_METHODS and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0 or self.blur_sigma <= 0):
             raise ConfigError(
                 f"anonymizer.blur_kernel = {self.blur_kernel} must be odd and >= 1 and anonymizer.blur_sigma = "
                 f"{self.blur_sigma} > 0"
+            )
+        if self.method in FACE_BOX_METHODS and (self.face_min_side < 0 or self.face_min_neighbors < 0 or self.face_margin < 0):
+            raise ConfigError(
+                f"anonymizer.face_min_side = {self.face_min_side}, anonymizer.face_min_neighbors = "
+                f"{self.face_min_neighbors} and anonymizer.face_margin = {self.face_margin} must all be >= 0"
             )
 
 
@@ -218,30 +248,111 @@ class HOGPersonDetector:
         return out.astype(np.int32)
 
 
+@lru_cache(maxsize=1)
+def haar_face_cascade() -> Any:
+    """OpenCV's frontal-face Haar cascade (loaded once per process)."""
+    import cv2
+
+    path = cv2.data.haarcascades + HAAR_FRONTAL_FACE
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise RuntimeError(
+            f"OpenCV could not load {path}; the Haar cascades ship with opencv-python-headless 4.x "
+            f"(pinned to 4.14.0.94), not with the 5.0 wheels"
+        )
+    return cascade
+
+
+def grow_boxes(boxes: np.ndarray, margin: float, height: int, width: int) -> np.ndarray:
+    """int (n, 4) boxes x0, y0, x1, y1 grown by ``margin`` times their width / height on every side,
+    clipped to the image, as int32 (n, 4) (outer pixels: floor of the low corner, ceil of the high)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    dx, dy = margin * (b[:, 2] - b[:, 0]), margin * (b[:, 3] - b[:, 1])
+    out = np.stack([np.floor(b[:, 0] - dx), np.floor(b[:, 1] - dy), np.ceil(b[:, 2] + dx), np.ceil(b[:, 3] + dy)], axis=1)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out.astype(np.int32)
+
+
+class HaarFaceDetector:
+    """OpenCV's shipped frontal-face Haar cascade (Viola-Jones), what deployed face blurring uses.
+
+    An image whose short side is below ``min_side`` is upscaled until it reaches it (the cascade's
+    smallest window is 24x24 px); the boxes are mapped back to the image's pixels and grown by
+    ``margin`` (see :func:`grow_boxes`). ``scale_factor`` 1.1 is OpenCV's documented default.
+    """
+
+    def __init__(self, *, min_side: int = 384, min_neighbors: int = 5, margin: float = 0.2, scale_factor: float = 1.1) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self._cascade = haar_face_cascade()
+        self.min_side, self.min_neighbors, self.margin, self.scale_factor = min_side, min_neighbors, margin, scale_factor
+
+    def describe(self) -> dict:
+        """What decides the boxes (the OpenCV version too: another cascade release finds other faces)."""
+        return {"detector": "haar_frontalface_default", "opencv": self._cv2.__version__, "min_side": self.min_side,
+                "min_neighbors": self.min_neighbors, "margin": self.margin, "scale_factor": self.scale_factor}
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> int32 (n, 4) face boxes x0, y0, x1, y1 in the image's pixels."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"Haar face detector expects an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        scale = max(1.0, self.min_side / min(h, w)) if self.min_side > 0 else 1.0
+        work = np.ascontiguousarray(image)
+        if scale > 1.0:
+            work = self._cv2.resize(work, (round(w * scale), round(h * scale)), interpolation=self._cv2.INTER_LINEAR)
+        gray = self._cv2.cvtColor(work, self._cv2.COLOR_RGB2GRAY)
+        found = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors)
+        if len(found) == 0:
+            return np.zeros((0, 4), dtype=np.int32)
+        r = np.asarray(found, dtype=np.float64).reshape(-1, 4) / scale
+        return grow_boxes(np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], axis=1), self.margin, h, w)
+
+
+Detector = Callable[[np.ndarray], np.ndarray]
+
+
 class FrameAnonymizer:
     """One anonymization method, ready to apply (see the module docstring for the two phases)."""
 
-    def __init__(self, section: AnonymizerSection, model: nn.Module, description: dict) -> None:
+    def __init__(self, section: AnonymizerSection, model: nn.Module, description: dict, *,
+                 detector: Detector | None = None) -> None:
+        """``detector``: the box detector of a box method (RGB uint8 (H, W, 3) -> int (n, 4) boxes); None: the
+        method's own (HOG people for blur / blacken, the Haar face cascade for face_blur / face_blacken),
+        built on first use. Ground-truth boxes (``boxes: gt``) never go through it."""
         self.section = section
         self.method = section.method
         self.model = model.eval()
         self._description = description
-        self._detector: HOGPersonDetector | None = None
+        self._detector: Detector | None = detector
 
     @property
     def needs_boxes(self) -> bool:
-        return self.method in ("blur", "blacken")
+        return self.method in PERSON_BOX_METHODS + FACE_BOX_METHODS
+
+    @property
+    def box_kind(self) -> str | None:
+        """'person' or 'face' for box methods, None otherwise."""
+        if self.method in PERSON_BOX_METHODS:
+            return "person"
+        return "face" if self.method in FACE_BOX_METHODS else None
 
     @property
     def box_source(self) -> str | None:
-        """'gt' or 'hog' for box methods, None otherwise."""
-        return self.section.boxes if self.needs_boxes else None
+        """Where a box method's boxes come from: 'gt' (the dataset's) or 'hog' for blur / blacken
+        (anonymizer.boxes), 'haar' for the face methods; None for methods without boxes. Every
+        source but 'gt' means :meth:`detect` (an injected detector stands in for HOG / Haar)."""
+        if not self.needs_boxes:
+            return None
+        return self.section.boxes if self.method in PERSON_BOX_METHODS else "haar"
 
     def detect(self, image: np.ndarray) -> np.ndarray:
-        """Person boxes of one RGB uint8 (H, W, 3) image with the HOG detector, int32 (n, 4)."""
+        """Boxes of one RGB uint8 (H, W, 3) image by the method's detector (see __init__), int32 (n, 4)."""
         if self._detector is None:
-            self._detector = HOGPersonDetector()
-        return self._detector(image)
+            self._detector = default_detector(self.section)
+        return np.asarray(self._detector(image), dtype=np.int32).reshape(-1, 4)
 
     def apply_boxes(self, frames: torch.Tensor, boxes: Sequence[np.ndarray] | None) -> torch.Tensor:
         """Original-resolution frames (N, C, H, W) in [0, 1] -> the same with boxes blurred/blackened.
@@ -252,8 +363,8 @@ class FrameAnonymizer:
         if not self.needs_boxes:
             return frames
         if boxes is None:
-            raise ValueError(f"anonymizer method {self.method!r} needs person boxes for every frame; got none")
-        if self.method == "blur":
+            raise ValueError(f"anonymizer method {self.method!r} needs {self.box_kind} boxes for every frame; got none")
+        if self.method in BLUR_METHODS:
             return blur_boxes(frames, boxes, kernel=self.section.blur_kernel, sigma=self.section.blur_sigma)
         return blacken_boxes(frames, boxes)
 
@@ -265,12 +376,30 @@ class FrameAnonymizer:
         return f"FrameAnonymizer({self._description})"
 
 
+def default_detector(section: AnonymizerSection) -> Detector:
+    """The box detector a box method uses when none is injected: HOG people or the Haar face cascade."""
+    if section.method in FACE_BOX_METHODS:
+        return HaarFaceDetector(min_side=section.face_min_side, min_neighbors=section.face_min_neighbors,
+                                margin=section.face_margin)
+    if section.method in PERSON_BOX_METHODS:
+        return HOGPersonDetector()
+    raise ValueError(f"anonymizer method {section.method!r} has no boxes, hence no box detector")
+
+
+def _detector_description(detector: Detector) -> dict:
+    describe = getattr(detector, "describe", None)
+    return describe() if callable(describe) else {"detector": f"injected {type(detector).__qualname__}"}
+
+
 def build_frame_anonymizer(
-    section: AnonymizerSection, *, runs_root: str | Path, device: torch.device | str = "cpu"
+    section: AnonymizerSection, *, runs_root: str | Path, device: torch.device | str = "cpu",
+    detector: Detector | None = None,
 ) -> FrameAnonymizer:
     """The anonymizer a config section describes; a unet checkpoint is loaded strictly.
 
-    ``runs_root``: ``paths.runs``, against which a relative checkpoint path resolves.
+    ``runs_root``: ``paths.runs``, against which a relative checkpoint path resolves. ``detector``:
+    replaces a box method's own detector (tests inject a stub; see FrameAnonymizer); it is named in
+    the description, so its images never share a cache entry with the real detector's.
     """
     section.validate()
     method = section.method
@@ -296,7 +425,15 @@ def build_frame_anonymizer(
             description.update(blur_kernel=section.blur_kernel, blur_sigma=section.blur_sigma, boxes=section.boxes)
         elif method == "blacken":
             description.update(boxes=section.boxes)
+        elif method in FACE_BOX_METHODS:
+            if method == "face_blur":
+                description.update(blur_kernel=section.blur_kernel, blur_sigma=section.blur_sigma)
+            # Built now (a missing cascade fails before any work), and its settings name the boxes.
+            detector = detector if detector is not None else default_detector(section)
+            description.update(boxes="haar", **_detector_description(detector))
+        if detector is not None and method in PERSON_BOX_METHODS and section.boxes != "gt":
+            description.update(_detector_description(detector))
     for p in model.parameters():
         p.requires_grad_(False)
-    return FrameAnonymizer(section, model.to(device), description)
+    return FrameAnonymizer(section, model.to(device), description, detector=detector)
 

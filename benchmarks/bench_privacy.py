@@ -79,7 +79,7 @@ def bench_case(name: str, spec: dict, *, vispr_root: Path, repeats: int, paper_i
             held_out = (split.images[:2], split.labels[:2].numpy())  # validation / test: unused here
             task = TargetTask(build_target(**target_spec), target_spec, images=split.images, labels=split.labels,
                               val=held_out, test=held_out, attributes=dataset.attributes, cache_key="bench", cfg=cfg,
-                              device=device, extra=lambda report: {})
+                              device=device, extra=lambda report, selected: {})
             stepper = Stepper(Precision("fp32", device), stage="bench")
             # Epoch 0 pays one-off kernel set-up; the second epoch is the steady state.
             for epoch in range(2):

@@ -8,7 +8,9 @@ Two tasks share the data path (decode -> person boxes -> crop/resize -> frozen f
 
 - ``target``: train a fresh target model fB' on anonymized images, select the epoch on a
   validation split carved from train, report test cMAP / per-attribute AP / macro F1, plus
-  image-level leakage (SSIM, PSNR, MSE, Haar face counts).
+  image-level leakage (SSIM, PSNR, MSE, Haar face counts). ``attackers.run`` adds attackers
+  the anonymizer never saw (Wu et al.'s two-fold protocol; privacy_training.attackers): each is
+  scored the same way, with a bootstrap interval, and the worst case over them is reported.
 - ``probe``: feature-level leakage (paper Table 1): each image repeated T times as a clip,
   fT's pooled feature, a small MLP probe for the attributes, test cMAP.
 """
@@ -21,6 +23,8 @@ from typing import Literal, Optional
 
 from aux_code.anonymizers import AnonymizerSection
 from aux_code.config import ConfigError, PathsConfig, TrainRunConfig, opt, resolve_under
+from aux_code.models import available_models
+from aux_code.stats import DEFAULT_RESAMPLES
 from aux_code.schedule import ScheduleSection
 from aux_code.sections import StillClipSection, UtilitySource, shared
 
@@ -66,6 +70,42 @@ class ModelSection:
         "paths.weights. null trains from scratch, as the public code does.",
     )
     weights_key: Optional[str] = opt(None, "Entry of a multi-model weights file to read (e.g. 'state_dict'); null detects it.")
+
+
+# The attackers of attackers.run (privacy_training.attackers describes each).
+AttackerName = Literal["scratch", "finetune_raw", "other_arch"]
+
+
+@dataclass
+class AttackersSection:
+    """Attackers that train on the anonymized privacy-train images and are scored on the anonymized test images."""
+
+    run: list[AttackerName] = opt(
+        ["scratch"],
+        "Which attackers run: scratch (the paper's target model, model.*, from model.weights; the headline test "
+        "cMAP), finetune_raw (the same model first trained on raw privacy-train images, then fine-tuned on the "
+        "anonymized ones), other_arch (attackers.other_model trained from scratch). Must include scratch.",
+    )
+    pretrain_dir: str = opt(
+        "privacy/attacker_pretrain",
+        "finetune_raw: where its raw-image pre-training runs live, one folder per hash of what decides them (model, "
+        "raw images, optimiser, schedule, augmentation, seed), so every method reuses one; relative to paths.runs.",
+    )
+    other_model: str = opt(
+        "mobilenet_tiny",
+        "other_arch: the target architecture (aux_code.models target names; must differ from model.name), trained "
+        "from scratch with the optim / schedule / augment settings of the target model.",
+    )
+
+
+@dataclass
+class BootstrapSection:
+    """The 95% intervals of the tables (aux_code.stats: percentile bootstrap over test items, then seeds)."""
+
+    # Help texts as in scripts/reproduce.py's section: one meaning per key (tests/test_vocabulary.py).
+    resamples: int = opt(DEFAULT_RESAMPLES, "Bootstrap resamples B of the test items (images for cMAP, whole videos for the frame metric).")
+    level: float = opt(0.95, "Confidence level of the intervals, in (0, 1).")
+    seed: int = opt(0, "Seed of the resampling generator (numpy default_rng): the same runs always give the same intervals.")
 
 
 @dataclass
@@ -152,12 +192,17 @@ class PrivacyConfig:
     eval: EvalSection = opt(EvalSection(), "Validation, test metrics, comparison with raw.")
     leakage: LeakageSection = opt(LeakageSection(), "Image-level leakage metrics.")
     probe: ProbeSection = opt(ProbeSection(), "Feature-level probe (task: probe).")
+    attackers: AttackersSection = opt(AttackersSection(), "task target: the attackers trained and scored (worst case reported).")
+    bootstrap: BootstrapSection = opt(BootstrapSection(), "Confidence intervals of every attacker's test cMAP (over test images).")
 
     def required_paths(self) -> list[str]:
         return ["vispr"]
 
     def cache_dir(self) -> Path:
         return resolve_under(self.paths.runs, self.cache.dir)
+
+    def pretrain_root(self) -> Path:
+        return resolve_under(self.paths.runs, self.attackers.pretrain_dir)
 
     def compare_path(self) -> Path | None:
         if self.eval.compare_to is None:
@@ -185,15 +230,35 @@ class PrivacyConfig:
             (p.hidden >= 0, f"probe.hidden = {p.hidden} must be >= 0"),
             (0.0 <= p.dropout < 1.0, f"probe.dropout = {p.dropout} must be in [0, 1)"),
             (p.epochs >= 1 and p.batch_size >= 2 and p.lr > 0, "probe.epochs >= 1, probe.batch_size >= 2 and probe.lr > 0 are required"),
+            (self.bootstrap.resamples >= 1 and 0.0 < self.bootstrap.level < 1.0,
+             f"bootstrap: resamples = {self.bootstrap.resamples} must be >= 1 and level = {self.bootstrap.level} in (0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         self.schedule.validate()
         self.clip.validate()
+        self._validate_attackers()
         u = self.utility
         if self.task == "probe" and (u.checkpoint is None) == (u.weights is None):
             raise ConfigError(
                 "task: probe needs exactly one source of the utility model: utility.checkpoint (a stage-1 checkpoint "
                 "under paths.runs) or utility.weights (a public I3D weights file under paths.weights)"
             )
+
+    def _validate_attackers(self) -> None:
+        a = self.attackers
+        if "scratch" not in a.run:
+            raise ConfigError(f"attackers.run = {a.run} must include 'scratch': the paper protocol's target model gives the "
+                              "headline test cMAP the others are compared with")
+        repeated = sorted({name for name in a.run if a.run.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"attackers.run = {a.run} names {', '.join(repeated)} more than once")
+        if "other_arch" in a.run:
+            targets = available_models("target")
+            if a.other_model not in targets:
+                raise ConfigError(f"attackers.other_model = {a.other_model!r} is not a target architecture; choose from "
+                                  f"{', '.join(targets)}")
+            if a.other_model == self.model.name:
+                raise ConfigError(f"attackers.other_model = {a.other_model!r} is model.name: other_arch needs a different "
+                                  "architecture than the paper's target model")

@@ -8,8 +8,10 @@ reruns then read the tensors and never run fA (or the person detector) again.
 Order of operations per image, as in feature extraction (aux_code.anonymizers contract):
 
 1. decode to RGB uint8 (H, W, 3); an image that fails to decode is reported and skipped;
-2. box methods (blur / blacken): ``fa.apply_boxes`` at the ORIGINAL resolution, with the
-   dataset's ground-truth boxes (synthetic world) or the HOG detector's;
+2. box methods: ``fa.apply_boxes`` at the ORIGINAL resolution; blur / blacken with the
+   dataset's ground-truth person boxes (synthetic world) or the HOG detector's, face_blur /
+   face_blacken with the Haar cascade's face boxes. Per split the images that got no box at
+   all are counted (:class:`BoxCounts`): an image without a box goes through unchanged;
 3. centre crop (``crop_scale`` of the short side) and resize to ``resolution``;
 4. ``fa.model`` (UNet, down-then-up sampling, or identity) at model resolution.
 
@@ -35,8 +37,8 @@ from aux_code.datasets.common import ImageItem
 from aux_code.datasets.vispr import VISPR
 from aux_code.transforms import ClipEval, to_float_image
 
-# Bump when what a cache file holds or how it is computed changes.
-CACHE_VERSION = 1
+# Bump when what a cache file holds or how it is computed changes (2: box counts per split).
+CACHE_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -71,12 +73,30 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class BoxCounts:
+    """Boxes a box method edited in one split: images seen, images without any box, boxes in all."""
+
+    images: int = 0
+    without_box: int = 0
+    boxes: int = 0
+
+    def add(self, n_boxes: int) -> None:
+        self.images += 1
+        self.without_box += int(n_boxes == 0)
+        self.boxes += int(n_boxes)
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "without_box": self.without_box, "boxes": self.boxes}
+
+
+@dataclass
 class PreparedSplit:
     """One split at model resolution.
 
     images: uint8 (N, 3, R, R) after fA; labels: float32 (N, A); ids: N image ids;
     originals: uint8 (N, 3, R, R) before fA (test split only, else None);
-    failures: (image id, message) of images that failed to decode and were skipped.
+    failures: (image id, message) of images that failed to decode and were skipped;
+    box_counts: for box methods, how many images got no box (None for other methods).
     """
 
     images: torch.Tensor
@@ -84,6 +104,7 @@ class PreparedSplit:
     ids: list[str]
     originals: torch.Tensor | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    box_counts: BoxCounts | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -92,23 +113,27 @@ class PreparedSplit:
         rec = {"images": self.images, "labels": self.labels, "ids": list(self.ids), "failures": [list(f) for f in self.failures]}
         if self.originals is not None:
             rec["originals"] = self.originals
+        if self.box_counts is not None:
+            rec["box_counts"] = self.box_counts.to_dict()
         return rec
 
     @classmethod
     def from_record(cls, rec: dict) -> "PreparedSplit":
+        counts = rec.get("box_counts")
         return cls(
             images=rec["images"], labels=rec["labels"], ids=list(rec["ids"]), originals=rec.get("originals"),
             failures=[tuple(f) for f in rec["failures"]],  # type: ignore[misc]
+            box_counts=None if counts is None else BoxCounts(**counts),
         )
 
 
-def person_boxes_for(fa: Any, dataset: VISPR, item: ImageItem, image: np.ndarray) -> np.ndarray:
-    """int32 (n, 4) boxes x0, y0, x1, y1 for a box method: ground truth or the detector's."""
+def boxes_for(fa: Any, dataset: VISPR, item: ImageItem, image: np.ndarray) -> np.ndarray:
+    """int32 (n, 4) boxes x0, y0, x1, y1 for a box method: the dataset's ground truth or the detector's."""
     if fa.box_source == "gt":
         return dataset.person_boxes(item)
-    if fa.box_source == "hog":
+    if fa.box_source in ("hog", "haar"):
         return np.asarray(fa.detect(image), dtype=np.int32).reshape(-1, 4)
-    raise PrivacyDataError(f"anonymizer {fa.describe()} needs boxes but names no box source (expected 'gt' or 'hog')")
+    raise PrivacyDataError(f"anonymizer {fa.describe()} needs boxes but names no box source (expected 'gt', 'hog' or 'haar')")
 
 
 @torch.inference_mode()
@@ -141,6 +166,7 @@ def prepare_split(
     ids: list[str] = []
     failures: list[tuple[str, str]] = []
     images_out: list[torch.Tensor] = []
+    box_counts = BoxCounts() if fa.needs_boxes else None
     for item in items:
         try:
             image = decode_image(item.path)
@@ -150,7 +176,8 @@ def prepare_split(
         frame = to_float_image(image)  # (C, H, W)
         original = crop(frame)
         if fa.needs_boxes:
-            boxes = person_boxes_for(fa, dataset, item, image)
+            boxes = boxes_for(fa, dataset, item, image)
+            box_counts.add(len(boxes))
             frame = fa.apply_boxes(frame[None], [boxes])[0]
             anonymized_frames.append(crop(frame))
         else:
@@ -177,6 +204,7 @@ def prepare_split(
         ids=ids,
         originals=torch.stack(originals) if keep_originals else None,
         failures=failures,
+        box_counts=box_counts,
     )
 
 
@@ -228,6 +256,14 @@ class PrivacyData:
         out.update({f"{name}_decode_failures": len(s.failures) for name, s in self.splits.items()})
         out["label_problems"] = len(self.label_problems)
         return out
+
+    def box_counts(self) -> dict | None:
+        """Per split {images, without_box, boxes} and their totals, for box methods; None otherwise."""
+        per = {name: s.box_counts for name, s in self.splits.items()}
+        if any(c is None for c in per.values()):
+            return None
+        total = BoxCounts(*(sum(getattr(c, f) for c in per.values()) for f in ("images", "without_box", "boxes")))
+        return {**{name: c.to_dict() for name, c in per.items()}, "total": total.to_dict()}
 
 
 def load_privacy_data(

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-HAAR_FRONTAL_FACE = "haarcascade_frontalface_default.xml"
+from aux_code.anonymizers import haar_face_cascade
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -111,21 +110,6 @@ def similarity_summary(originals_u8: torch.Tensor, anonymized_u8: torch.Tensor, 
         "psnr_db": float(p.mean()) if differ.any() else None,
         "identical": int((~differ).sum()),
     }
-
-
-@lru_cache(maxsize=1)
-def haar_face_cascade() -> Any:
-    """OpenCV's frontal-face Haar cascade (loaded once)."""
-    import cv2
-
-    path = cv2.data.haarcascades + HAAR_FRONTAL_FACE
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():
-        raise RuntimeError(
-            f"OpenCV could not load {path}; the Haar cascades ship with opencv-python-headless 4.x "
-            f"(pinned to 4.14.0.94), not with the 5.0 wheels"
-        )
-    return cascade
 
 
 def count_faces(image: np.ndarray, *, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 16) -> int:

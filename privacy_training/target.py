@@ -62,11 +62,14 @@ class TargetTask(Task):
 
     def __init__(self, model: nn.Module, spec: dict, *, images: torch.Tensor, labels: torch.Tensor,
                  val: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray], attributes: tuple[str, ...],
-                 cache_key: str, cfg, device: torch.device, extra: Callable[[dict], dict],
-                 predictions: Path | None = None) -> None:
-        """``val`` / ``test``: (uint8 images, labels); ``extra(test report)`` adds the stage's own results
-        (comparison with raw, leakage) to the selected model's reports; ``predictions``: where ``finish``
-        writes the test labels and logits (privacy_training.report.save_test_predictions), None: nowhere."""
+                 cache_key: str, cfg, device: torch.device, extra: Callable[[dict, dict], dict],
+                 predictions: Path | None = None, name: str = "target", init: str | dict | None = None) -> None:
+        """``val`` / ``test``: (uint8 images, labels); ``extra(test report, selected epoch's record)`` adds the
+        stage's own results (comparison with raw, leakage, the other attackers) to the selected model's
+        reports; ``predictions``: where ``finish`` writes the test labels and logits
+        (privacy_training.report.save_test_predictions), None: nowhere. ``name``: the task's name in its
+        checkpoints (an attacker's); ``init``: where the model's weights started (default: model.weights or
+        'scratch')."""
         o = cfg.optim
         self.model, self.spec, self.device = model, spec, device
         self.images, self.labels, self.val, self.test, self.extra = images, labels, val, test, extra
@@ -78,7 +81,8 @@ class TargetTask(Task):
         self.optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         self.schedule = Schedule(cfg.schedule, lr=o.lr, optimizers=[self.optimizer], mode="max")
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
-        self.init = cfg.model.weights or "scratch"
+        self.name = name
+        self.init = init if init is not None else (cfg.model.weights or "scratch")
 
     def models(self) -> dict[str, StoredModel]:
         return {"target": StoredModel("target", self.spec, self.model)}
@@ -124,7 +128,7 @@ class TargetTask(Task):
 
     def finish(self, selected: dict) -> dict:
         test = self.report(*self.test, save=self.predictions)
-        return {**self.extra(test), "validation": self.report(*self.val), "test": test,
+        return {**self.extra(test, dict(selected)), "validation": self.report(*self.val), "test": test,
                 "model": {**self.spec, "parameters": count_parameters(self.model), "init": self.init}}
 
 

@@ -11,7 +11,11 @@ task ``target`` (the VISPR protocol of SPAct / TeD-SPAD):
    probabilities, and the privacy reduction against the raw run (``eval.compare_to``); the
    test labels and logits go to test_predictions.npz (the reproduce script's intervals);
 4. image-level leakage on the test split (SSIM / PSNR / MSE to the original, Haar faces
-   before/after) and on scikit-image's astronaut photograph.
+   before/after) and on scikit-image's astronaut photograph;
+5. ``attackers.run`` beyond scratch: the other attackers (finetune_raw, other_arch; see
+   privacy_training.attackers) on the same images, each with its test cMAP and bootstrap
+   interval in ``attackers`` and the highest in ``worst_case``. Box methods report per split
+   how many images got no box at all (``boxes``).
 
 task ``probe`` (paper Table 1): the same cached images, each repeated T times as a clip
 through fT, an MLP probe on the pooled features, selected on validation, test cMAP (and
@@ -29,21 +33,19 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from aux_code.anonymizers import FrameAnonymizer, build_frame_anonymizer
-from aux_code.config import resolve_under
+from aux_code.anonymizers import AnonymizerSection, FrameAnonymizer, build_frame_anonymizer
 from aux_code.fit import fit
 from aux_code.datasets.vispr import VISPR
-from aux_code.models import build_target
 from aux_code.models.mgfn import count_parameters
 from aux_code.precision import Precision
 from aux_code.training import RunContext, start_run
 from aux_code.transforms import ClipEval, to_float_image
+from privacy_training.attackers import build_paper_target, run_target_attackers
 from privacy_training.config import PrivacyConfig
 from privacy_training.data import PrivacyData, load_privacy_data, to_uint8
 from privacy_training.leakage import count_faces, face_summary, similarity_summary
 from privacy_training.probe import ProbeTask, extract_features
 from privacy_training.report import PREDICTIONS, CompareError, anonymizer_label, privacy_reduction, read_reference_cmap
-from privacy_training.target import TargetTask
 
 STAGE = "privacy"
 
@@ -100,6 +102,7 @@ def _common_results(cfg: PrivacyConfig, fa: FrameAnonymizer, data: PrivacyData) 
         "anonymizer_label": anonymizer_label(fa.describe()),
         "resolution": cfg.clip.resolution,
         "counts": data.counts(),
+        "boxes": None if not fa.needs_boxes else {"kind": fa.box_kind, "source": fa.box_source, **data.box_counts()},
         "decode_failures": {name: [list(f) for f in fl] for name, fl in data.failures().items()},
         "label_problems": data.label_problems,
         "cache": {
@@ -130,18 +133,19 @@ def run(cfg: PrivacyConfig) -> dict:
 # --------------------------------------------------------------------------- target task
 
 
-def _build_target_model(cfg: PrivacyConfig, num_classes: int) -> tuple[torch.nn.Module, dict]:
-    spec = {"name": cfg.model.name, "num_classes": num_classes}
-    weights = None if cfg.model.weights is None else resolve_under(cfg.paths.weights, cfg.model.weights)
-    # A public init (ImageNet: 1000 classes, SimCLR: none) never has the 7-way head: start it fresh.
-    model = build_target(**spec, weights=weights, weights_key=cfg.model.weights_key, reset_head=weights is not None)
-    return model, spec
+def _raw_images(cfg: PrivacyConfig, fa: FrameAnonymizer, data: PrivacyData, device: torch.device) -> PrivacyData:
+    """The raw privacy images (finetune_raw's pre-training): this run's own when it is the raw method."""
+    if fa.describe() == {"method": "raw"}:
+        return data
+    raw = build_frame_anonymizer(AnonymizerSection(method="raw"), runs_root=cfg.paths.runs, device=device)
+    return _load_data(cfg, raw, device)[1]
 
 
 def _run_target(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, dataset: VISPR, data: PrivacyData) -> dict:
     device = ctx.device
-    train, val, test = data.splits["train"], data.splits["val"], data.splits["test"]
-    model, spec = _build_target_model(cfg, len(dataset.attributes))
+    test = data.splits["test"]
+    # Built first, as before there were other attackers: the scratch model's init draws the same numbers.
+    model, spec = build_paper_target(cfg, len(dataset.attributes))
 
     def extra(test_report: dict) -> dict:
         reduction, compared = _comparison(cfg, test_report["cmap"])
@@ -149,27 +153,28 @@ def _run_target(cfg: PrivacyConfig, ctx: RunContext, fa: FrameAnonymizer, datase
         return {**_common_results(cfg, fa, data), "privacy_reduction_pct": reduction, "compare_to": compared,
                 "leakage": _leakage(cfg, fa, test) if cfg.leakage.enabled else None}
 
-    # The cache is small (uint8): move it once so a step is a gather on the device.
-    task = TargetTask(model.to(device), spec, images=train.images.to(device), labels=train.labels.to(device),
-                      val=(val.images, val.labels.numpy()), test=(test.images, test.labels.numpy()),
-                      attributes=dataset.attributes, cache_key=data.key, cfg=cfg, device=device, extra=extra,
-                      predictions=ctx.run_dir / PREDICTIONS)
-    results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device), log_every=cfg.run.log_every)
+    results = run_target_attackers(cfg, ctx, model=model, spec=spec, data=data, attributes=dataset.attributes,
+                                   raw_data=lambda: _raw_images(cfg, fa, data, device), scratch_extra=extra, log=_log)
     reduction = results["privacy_reduction_pct"]
     shown = "" if reduction is None else f", privacy reduction {reduction:.2f}% vs {results['compare_to']['raw_cmap'] * 100:.2f}"
     test_report = results["test"]
     _log(f"[privacy] test cMAP {100 * test_report['cmap']:.2f} (chance {100 * test_report['chance_cmap']:.2f}), "
          f"macro F1 {100 * test_report['macro_f1']:.2f}, epoch {results['selection']['epoch']} selected on val{shown}; "
          f"results in {ctx.run_dir / 'results.json'}")
+    if len(results["attackers"]) > 1:
+        worst = results["worst_case"]
+        ci = worst["cmap_ci"]
+        _log(f"[privacy] worst case over attackers ({', '.join(results['attackers'])}): {worst['attacker']}, test cMAP "
+             f"{100 * worst['cmap']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]")
     return results
 
 
 def _anonymize_photo(cfg: PrivacyConfig, fa: FrameAnonymizer, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """A photograph without ground truth through fA at leakage.astronaut_resolution.
 
-    Returns (resized original, anonymized, person boxes used) as RGB uint8 (R, R, 3). Box
-    methods use the HOG detector here whatever anonymizer.boxes says: a photograph has no
-    ground-truth boxes.
+    Returns (resized original, anonymized, boxes used) as RGB uint8 (R, R, 3). Person-box
+    methods use the HOG detector here whatever anonymizer.boxes says (a photograph has no
+    ground-truth boxes); face methods the Haar cascade, as everywhere.
     """
     res = cfg.leakage.astronaut_resolution
     frame = ClipEval(res, scale=1.0)(to_float_image(image))  # (C, R, R)
@@ -205,7 +210,8 @@ def _astronaut(cfg: PrivacyConfig, fa: FrameAnonymizer, detector: dict) -> dict:
         "resolution": cfg.leakage.astronaut_resolution,
         "faces_before": count_faces(original, **detector),
         "faces_after": count_faces(anonymized, **detector),
-        "hog_person_boxes": n_boxes if fa.needs_boxes else None,
+        "hog_person_boxes": n_boxes if fa.box_kind == "person" else None,
+        "haar_face_boxes": n_boxes if fa.box_kind == "face" else None,
     }
 
 

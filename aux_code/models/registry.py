@@ -15,7 +15,8 @@ utility        ``i3d_r50``, ``i3d_r50_tiny`` (width 8, blocks 2-2-2-2, pytorchvi
                frame-difference input), ``i3d_inception``, ``i3d_inception_tiny``
                (width_mult 1/16)
 budget         ``resnet50``, ``resnet_tiny`` (width 8, layers 1-1-1-1)
-target         ``resnet50``, ``resnet_tiny``
+target         ``resnet50``, ``resnet_tiny``; other architectures for stage 2's attackers:
+               ``mobilenet_v3_small`` (torchvision), ``mobilenet_tiny`` (depthwise separable)
 =============  ========================================================================
 """
 
@@ -31,6 +32,7 @@ from aux_code.models.anonymizer import IdentityAnonymizer, UNetAnonymizer
 from aux_code.models.heads import EmbeddingHead
 from aux_code.models.i3d_inception import InceptionI3D
 from aux_code.models.i3d_resnet import I3DResNet
+from aux_code.models.mobilenet import MobileNetV3Target, SeparableCNN
 from aux_code.models.resnet2d import BudgetModel, TargetModel
 from aux_code.models.weights import (
     detect_utility_layout,
@@ -73,6 +75,9 @@ BUDGETS: dict[str, tuple[type, dict[str, Any]]] = {
 TARGETS: dict[str, tuple[type, dict[str, Any]]] = {
     "resnet50": (TargetModel, {"width": 64, "layers": (3, 4, 6, 3)}),
     "resnet_tiny": (TargetModel, {"width": 8, "layers": (1, 1, 1, 1)}),
+    # Stage 2's other-architecture attackers (aux_code.models.mobilenet).
+    "mobilenet_v3_small": (MobileNetV3Target, {}),
+    "mobilenet_tiny": (SeparableCNN, {"width": 16, "stem_stride": 1, "strides": (2, 1, 2, 1, 2, 1), "multipliers": (1, 2, 2, 4, 4, 8)}),
 }
 _KINDS = {"anonymizer": ANONYMIZERS, "utility": UTILITIES, "budget": BUDGETS, "target": TARGETS}
 

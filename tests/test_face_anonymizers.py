@@ -155,3 +155,41 @@ def test_cli_face_blur_reports_boxes(make_paths, tmp_path, monkeypatch):
     assert boxes["total"]["images"] == 36 and 0 <= boxes["total"]["without_box"] <= 36
     assert sum(boxes[s]["without_box"] for s in ("train", "val", "test")) == boxes["total"]["without_box"]
     assert res["anonymizer"]["detector"] == "haar_frontalface_default"
+
+
+def test_stage3_detects_faces_in_every_frame_of_a_clip(tmp_path):
+    """Feature extraction's box path (BoxLookup + prepare_clip) asks a face method's detector about every
+    frame of a clip and edits only its boxes."""
+    from aux_code.transforms import ClipEval
+    from feature_extraction.pipeline import BoxLookup, prepare_clip
+
+    stub = StubFaces(box=(2, 2, 8, 6))
+    fa = build_frame_anonymizer(AnonymizerSection(method="face_blacken"), runs_root=tmp_path, detector=stub)
+    clip = np.stack([_image(16, 16, seed=t) for t in range(4)])  # (T, H, W, 3)
+    lookup = BoxLookup(fa, adapter=None)
+    boxes = lookup.for_clip(lookup.for_video(None, 4), 0, clip, clip_len=4, skip=1)
+    assert len(stub.calls) == 4 and [b.tolist() for b in boxes] == [[[2, 2, 8, 6]]] * 4
+    out = prepare_clip(torch.from_numpy(clip), transform=ClipEval(16, scale=1.0), anonymizer=fa, boxes=boxes)  # (C, T, H, W)
+    assert (out[:, :, 2:6, 2:8] == 0).all()
+    assert torch.allclose(out[:, :, 8:, :], torch.from_numpy(clip).permute(3, 0, 1, 2)[:, :, 8:, :].float() / 255.0, atol=1e-6)
+
+
+def test_cli_stage3_face_blur_runs_the_cascade(tiny_world, tmp_path):
+    """The shipped stage-3 config runs on the tiny world (upscaling off to stay quick) and names the cascade."""
+    from aux_code.checkpoint import save_checkpoint
+    from aux_code.features import read_manifest
+    from aux_code.models import build_utility
+    from aux_code.models.stored import pack_model
+    from feature_extraction.__main__ import main
+
+    runs = tmp_path / "runs"
+    torch.manual_seed(0)
+    spec = {"name": "i3d_r50_tiny", "num_classes": 4}
+    save_checkpoint({"models": {"utility": pack_model("utility", spec, build_utility(**spec))}}, runs / "anonymization/utility/best.pt")
+    config = PROJECT_ROOT / "configs" / "synthetic" / "extraction" / "face_blur.yaml"
+    args = ["--config", str(config), f"paths.ucf_crime={tiny_world / 'UCF_Crime'}", f"paths.runs={runs}", "clip.resolution=32",
+            "extract.batch_size=4", "extract.prefetch=2", "anonymizer.face_min_side=0"]
+    assert main(args) == 0
+    manifest = read_manifest(runs / "extraction" / "face_blur")
+    assert manifest.anonymizer["method"] == "face_blur" and manifest.anonymizer["detector"] == "haar_frontalface_default"
+    assert manifest.anonymizer["min_side"] == 0 and len(manifest.videos) == 8

@@ -31,6 +31,8 @@ from aux_code.video import iter_frames, probe, read_clip
 
 # Streams keep the draws of different purposes independent of each other.
 STREAM_ACTION, STREAM_PRIVACY, STREAM_FRAMES, STREAM_EVAL_VIEWS = 1, 2, 3, 4
+# Seeds of the minimax remedies: budget-ensemble members' random inits, the fresh attacker probe.
+STREAM_BUDGET_INIT, STREAM_ATTACKER = 5, 6
 
 
 class StageDataError(ValueError):

@@ -13,6 +13,12 @@ Models: fA anonymizer (frames (N, 3, H, W) -> same, in [0, 1]), fT utility
 (``temporal_invariance``), or absent (``spact``: the positive and negative clips are not even
 run). ``L_B`` is NT-Xent between fB(fA(view1)) and fB(fA(view2)).
 
+fA's privacy term ``P`` is ``-L_B`` (the paper; ``privacy="ntxent"``) or the bounded
+:func:`~aux_code.losses.contrastive.similarity_certainty` (``privacy="entropy"``), so Step 1
+minimises ``w_T * L_T + w_B * P``. With a budget ensemble (members ``[budget, *ensemble]``,
+Wu et al. TPAMI 2020) ``P`` is the worst case, the max over members, and Step 2 trains every
+member on the same image batch; :class:`BudgetRestarts` re-initialises them on a schedule.
+
 Anchor, positive and negative clips go through fA and fT as one concatenated batch: one
 forward instead of three (fT's BatchNorm then sees the three roles together in Step 2).
 Losses are computed in float32 even under autocast.
@@ -21,27 +27,53 @@ Losses are computed in float32 even under autocast.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from aux_code.losses.contrastive import nt_xent, temporal_distinctive_triplet, temporal_invariance_loss, utility_loss
+from aux_code.losses.contrastive import (
+    nt_xent,
+    nt_xent_from_logits,
+    similarity_certainty,
+    similarity_logits,
+    temporal_distinctive_triplet,
+    temporal_invariance_loss,
+    utility_loss,
+)
 from aux_code.models import anonymize_clip
 from aux_code.fit import Stepper
 from aux_code.precision import Precision
 
 
+PRIVACY_OBJECTIVES = ("ntxent", "entropy")
+
+
+def member_key(k: int) -> str:
+    """Checkpoint / optimiser key of budget member k: 'budget' (the paper's fB) then 'budget_1', ..."""
+    return "budget" if k == 0 else f"budget_{k}"
+
+
 @dataclass
 class MinimaxModels:
+    """fA, fT, the triplet head and the budget model(s): ``budget`` is member 0 (the paper's fB),
+    ``ensemble`` the further members of a budget ensemble (empty: the paper's single fB)."""
+
     anonymizer: nn.Module
     utility: nn.Module
     embedding: nn.Module
     budget: nn.Module
+    ensemble: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def budgets(self) -> list[nn.Module]:
+        return [self.budget, *self.ensemble]
 
     def as_dict(self) -> dict[str, nn.Module]:
-        return {"anonymizer": self.anonymizer, "utility": self.utility, "embedding": self.embedding, "budget": self.budget}
+        out = {"anonymizer": self.anonymizer, "utility": self.utility, "embedding": self.embedding, "budget": self.budget}
+        out.update({member_key(k): m for k, m in enumerate(self.ensemble, start=1)})
+        return out
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,7 @@ class LossWeights:
     temperature: float = 0.1
     w_t: float = 0.7
     w_b: float = 1.0
+    privacy: str = "ntxent"
 
     @property
     def temporal(self) -> bool:
@@ -125,14 +158,97 @@ def utility_terms(
     return total, terms, logits
 
 
+class BudgetTerms(NamedTuple):
+    """loss: fB's NT-Xent L_B (what Step 2 minimises); accuracy: its agreement accuracy;
+    privacy: fA's privacy term P against this fB (Step 1 minimises w_B * P): -L_B for the
+    paper's objective, the bounded similarity certainty in [0, 1] for ``entropy``."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    privacy: torch.Tensor
+
+
 def budget_terms(budget: nn.Module, view1: torch.Tensor, view2: torch.Tensor, *, temperature: float,
-                 precision: Precision | None = None):
-    """NT-Xent (loss, accuracy) of fB on two (already anonymized) views (N, 3, H, W)."""
+                 precision: Precision | None = None, privacy: str = "ntxent") -> BudgetTerms:
+    """NT-Xent (loss, accuracy) of fB on two (already anonymized) views (N, 3, H, W), and fA's
+    privacy term under objective ``privacy`` (one of PRIVACY_OBJECTIVES)."""
     precision = precision or Precision("fp32", view1.device)
     n = view1.shape[0]
     with precision.autocast():
         z = budget(torch.cat([view1, view2])).float()
-    return nt_xent(z[:n], z[n:], temperature=temperature)
+    if privacy == "ntxent":
+        result = nt_xent(z[:n], z[n:], temperature=temperature)
+        return BudgetTerms(result.loss, result.accuracy, -result.loss)
+    if privacy == "entropy":
+        logits, targets = similarity_logits(z[:n], z[n:], temperature=temperature, name="budget_terms")
+        result = nt_xent_from_logits(logits, targets)
+        return BudgetTerms(result.loss, result.accuracy, similarity_certainty(logits))
+    raise ValueError(f"budget_terms: privacy objective {privacy!r} is not one of {', '.join(PRIVACY_OBJECTIVES)}")
+
+
+def worst_case(values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(max of the scalar ``values``, index of the max): the member fA must beat hardest.
+
+    One value is returned as it is (no stack: the single-fB graph stays the paper's)."""
+    if not values:
+        raise ValueError("worst_case: no budget members")
+    if len(values) == 1:
+        return values[0], 0
+    stacked = torch.stack(list(values))
+    k = int(stacked.detach().argmax())
+    return stacked[k], k
+
+
+def strongest(members: Sequence[BudgetTerms]) -> dict[str, float]:
+    """Log values over an ensemble: the strongest member's L_B (min) and accuracy (max), and
+    every member's own values when there is more than one."""
+    out = {"L_B": min(float(m.loss.detach()) for m in members), "budget_acc": max(float(m.accuracy) for m in members)}
+    if len(members) > 1:
+        for k, m in enumerate(members):
+            out[f"L_B_{k}"] = float(m.loss.detach())
+            out[f"budget_acc_{k}"] = float(m.accuracy)
+    return out
+
+
+class BudgetRestarts:
+    """Wu et al.'s (TPAMI 2020) "restarting": every ``every`` steps each budget member starts over,
+    so fA cannot keep winning by exploiting what one long-trained fB happens to rely on.
+
+    A restart happens before Step 1 of global step ``s`` (1-based, as fit counts them; the same
+    when resumed) whenever ``s > 1`` and ``(s - 1) % every == 0``: each member has then trained
+    exactly ``every`` steps since its last (re)start. ``start(k, r)`` gives member k's state dict
+    for its r-th start; r = 0 is the state it began the run with (the budget_ssl checkpoint for
+    member 0), and ``mode`` "init" always returns there while "random" draws start r = s // every
+    afresh. Each member's optimiser state (Adam's moments) is cleared with it.
+    """
+
+    def __init__(self, every: int | None, mode: str, start: Callable[[int, int], Mapping[str, torch.Tensor]]) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"BudgetRestarts: every = {every} must be >= 1 (or None: never)")
+        if mode not in ("init", "random"):
+            raise ValueError(f"BudgetRestarts: mode {mode!r} is not 'init' or 'random'")
+        self.every, self.mode, self.start = every, mode, start
+
+    def due(self, step: int) -> bool:
+        return self.every is not None and step > 1 and (step - 1) % self.every == 0
+
+    def index(self, step: int) -> int:
+        """Which start a restart before ``step`` loads (0 for mode "init")."""
+        assert self.every is not None
+        return 0 if self.mode == "init" else (step - 1) // self.every
+
+    def apply(self, step: int, members: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> bool:
+        """Restart every member if ``step`` is due; returns whether it was."""
+        if not self.due(step):
+            return False
+        if len(members) != len(optimizers):
+            raise ValueError(f"BudgetRestarts: {len(members)} members but {len(optimizers)} optimizers")
+        r = self.index(step)
+        for k, (member, optimizer) in enumerate(zip(members, optimizers)):
+            # In place: the optimiser keeps pointing at the same parameter tensors.
+            member.load_state_dict(self.start(k, r))
+            optimizer.state.clear()
+        return True
 
 
 def anonymize_action_batch(anonymizer: nn.Module, batch: Mapping[str, torch.Tensor], *, temporal: bool, method: str,
@@ -171,7 +287,7 @@ def anonymizer_step(
     """
     precision = stepper.precision
     models.anonymizer.train()
-    with frozen(models.utility, models.embedding, models.budget):
+    with frozen(models.utility, models.embedding, *models.budgets):
         clips = anonymize_action_batch(models.anonymizer, action, temporal=weights.temporal, method=weights.method,
                                        precision=precision)
         l_t, terms, logits = utility_terms(
@@ -179,16 +295,23 @@ def anonymizer_step(
             positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
         )
         v1, v2 = anonymize_views(models.anonymizer, images, precision=precision)
-        budget = budget_terms(models.budget, v1, v2, temperature=weights.temperature, precision=precision)
-        loss = weights.w_t * l_t - weights.w_b * budget.loss
-        stepper.check({"step1_loss": loss, "L_T": l_t, "L_B": budget.loss, **terms}, half="anonymizer (Step 1)")
+        members = [budget_terms(m, v1, v2, temperature=weights.temperature, precision=precision, privacy=weights.privacy)
+                   for m in models.budgets]
+        privacy, worst = worst_case([m.privacy for m in members])
+        loss = weights.w_t * l_t + weights.w_b * privacy
+        stepper.check({"step1_loss": loss, "L_T": l_t, "L_B": members[worst].loss, "privacy": privacy, **terms},
+                      half="anonymizer (Step 1)")
         optimizer.zero_grad(set_to_none=True)
         stepper.backward(loss, optimizer, name="anonymizer")
-    return {
-        "loss_A": float(loss.detach()), "L_T": float(l_t.detach()), "L_B": float(budget.loss.detach()),
-        "budget_acc": float(budget.accuracy), "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),
+    out = {
+        "loss_A": float(loss.detach()), "L_T": float(l_t.detach()), "L_B": float(members[worst].loss.detach()),
+        "budget_acc": float(members[worst].accuracy), "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),
         **{k: float(v.detach()) for k, v in terms.items()},
     }
+    if len(members) > 1 or weights.privacy != "ntxent":  # the paper's run logs exactly what it always did
+        out["privacy"] = float(privacy.detach())
+        out["worst_member"] = float(worst)
+    return out
 
 
 def adversary_step(
@@ -200,8 +323,14 @@ def adversary_step(
     *,
     weights: LossWeights,
     stepper: Stepper,
+    ensemble_optimizers: Sequence[torch.optim.Optimizer] = (),
 ) -> dict[str, float]:
-    """Step 2: fA frozen; fT + head minimise L_T, fB minimises L_B (each its own optimiser)."""
+    """Step 2: fA frozen; fT + head minimise L_T, every budget member minimises its own L_B on
+    the same anonymized views (``budget_optimizer`` for fB, ``ensemble_optimizers`` for the
+    further members, in order). Logged L_B / budget_acc are the strongest member's."""
+    if len(ensemble_optimizers) != len(models.ensemble):
+        raise ValueError(f"adversary_step: {len(models.ensemble)} further budget members but "
+                         f"{len(ensemble_optimizers)} ensemble optimizers")
     precision = stepper.precision
     with frozen(models.anonymizer), torch.no_grad():
         clips = anonymize_action_batch(models.anonymizer, action, temporal=weights.temporal, method=weights.method,
@@ -209,19 +338,24 @@ def adversary_step(
         v1, v2 = anonymize_views(models.anonymizer, images, precision=precision)
     models.utility.train()
     models.embedding.train()
-    models.budget.train()
+    for member in models.budgets:
+        member.train()
     l_t, terms, logits = utility_terms(
         models.utility, models.embedding, clips["clip"], action["label"], weights=weights,
         positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
     )
-    budget = budget_terms(models.budget, v1, v2, temperature=weights.temperature, precision=precision)
-    stepper.check({"L_T": l_t, "L_B": budget.loss, **terms}, half="adversary (Step 2)")
+    members = [budget_terms(m, v1, v2, temperature=weights.temperature, precision=precision) for m in models.budgets]
+    stepper.check({"L_T": l_t, **{f"L_B_{k}" if k else "L_B": m.loss for k, m in enumerate(members)}, **terms},
+                  half="adversary (Step 2)")
+    budget_optimizers = [budget_optimizer, *ensemble_optimizers]
     utility_optimizer.zero_grad(set_to_none=True)
-    budget_optimizer.zero_grad(set_to_none=True)
+    for opt in budget_optimizers:
+        opt.zero_grad(set_to_none=True)
     stepper.backward(l_t, utility_optimizer, name="utility")
-    stepper.backward(budget.loss, budget_optimizer, name="budget")
+    for k, (m, opt) in enumerate(zip(members, budget_optimizers)):
+        stepper.backward(m.loss, opt, name=member_key(k))
     return {
-        "L_T": float(l_t.detach()), "L_B": float(budget.loss.detach()), "budget_acc": float(budget.accuracy),
+        "L_T": float(l_t.detach()), **strongest(members),
         "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),
         **{k: float(v.detach()) for k, v in terms.items()},
     }

@@ -11,18 +11,23 @@ rewrites its results.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sized
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
+from anonymization_training.attacker import AttackerSettings, anonymize_images, fresh_attacker_probe
 from anonymization_training.config import AnonymizationConfig
 from anonymization_training.data import (
     STREAM_ACTION,
+    STREAM_ATTACKER,
+    STREAM_BUDGET_INIT,
     STREAM_FRAMES,
     STREAM_PRIVACY,
     ActionClips,
@@ -40,24 +45,29 @@ from anonymization_training.data import (
     load_action_splits,
     load_privacy_splits,
     loader,
+    sample_seed,
     train_transform,
 )
 from anonymization_training.steps import (
+    BudgetRestarts,
     LossWeights,
     MinimaxModels,
     adversary_step,
     anonymize_views,
     anonymizer_step,
     budget_terms,
+    member_key,
 )
 from aux_code.checkpoint import CheckpointError
 from aux_code.config import ConfigError
+from aux_code.datasets import VISPR
 from aux_code.fit import Selection, Stepper, StoredModel, Task, fit
 from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_utility
 from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
 from aux_code.schedule import Schedule
 from aux_code.training import RunContext, start_run
+from privacy_training.leakage import ssim
 
 STAGE = "anonymization"
 
@@ -425,37 +435,81 @@ def load_init_models(cfg: AnonymizationConfig, num_classes: int) -> tuple[Minima
         budget, specs["budget"] = load_stored_model(path, "budget", config_key="init.budget")
     specs["embedding"] = embedding_spec(cfg, feature_dim_of(utility))
     embedding = build_embedding_head(**specs["embedding"])
-    return MinimaxModels(anonymizer, utility, embedding, budget), specs
+    ensemble = []
+    for k in range(1, cfg.budget.ensemble):
+        specs[member_key(k)] = specs["budget"]
+        ensemble.append(seeded_budget(specs["budget"], budget_seed(cfg, k, 0)))
+    return MinimaxModels(anonymizer, utility, embedding, budget, ensemble), specs
+
+
+def budget_seed(cfg: AnonymizationConfig, member: int, start: int) -> int:
+    """Seed of budget member ``member``'s ``start``-th random init (start 0: its first)."""
+    return sample_seed(cfg.run.seed, STREAM_BUDGET_INIT, member, start)
+
+
+def seeded_budget(spec: dict, seed: int) -> nn.Module:
+    """fB of ``spec``'s architecture with random init drawn from ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_budget(**spec)
 
 
 def loss_weights(cfg: AnonymizationConfig) -> LossWeights:
     lo = cfg.loss
     return LossWeights(method=lo.method, omega=lo.omega, margin=lo.margin, invariance_temperature=lo.invariance_temperature,
-                       temperature=lo.temperature, w_t=lo.w_t, w_b=lo.w_b)
+                       temperature=lo.temperature, w_t=lo.w_t, w_b=lo.w_b, privacy=lo.privacy)
 
 
 def selection_score(rule: str, metrics: dict[str, float], initial: dict[str, float], max_drop: float) -> float:
-    """The minimax selection value of one validation (higher is better); see EvalSection.select."""
-    top1, acc = metrics["action_top1"], metrics["budget_acc"]
+    """The minimax selection value of one validation (higher is better); see EvalSection.select.
+
+    'attacker_tradeoff' reads only action top-1 and the fresh attacker's cMAP: an epoch whose
+    budget model is fooled while a fresh attacker still reads the attributes scores as leaky."""
+    top1 = metrics["action_top1"]
     if rule == "action_top1":
         return top1
     if rule == "budget_acc":
-        return -acc
-    # Inside the margin the score is top1 - acc >= -1; outside it is -1 - acc <= -1, so any epoch
-    # inside the margin outranks every epoch outside it, and outside ones still prefer lower acc.
+        return -metrics["budget_acc"]
+    if rule not in ("tradeoff", "attacker_tradeoff"):
+        raise ValueError(f"selection rule {rule!r} is not one of tradeoff, action_top1, budget_acc, attacker_tradeoff")
+    leak = metrics["attacker_cmap"] if rule == "attacker_tradeoff" else metrics["budget_acc"]
+    # Inside the margin the score is top1 - leak >= -1; outside it is -1 - leak <= -1, so any epoch
+    # inside the margin outranks every epoch outside it, and outside ones still prefer less leakage.
     inside = top1 >= initial["action_top1"] - max_drop - 1e-9
-    return top1 - acc if inside else -1.0 - acc
+    return top1 - leak if inside else -1.0 - leak
+
+
+def selection_rule(cfg: AnonymizationConfig) -> str:
+    """results.json's selection.rule: the rule of eval.select in words, with its numbers."""
+    e, fa = cfg.eval, cfg.fresh_attacker
+    margin = f"validation action top-1 >= epoch-0 top-1 - {e.max_action_drop}"
+    rules = {
+        "action_top1": "max validation action top-1 (held-out train-list groups)",
+        "budget_acc": "min validation budget NT-Xent accuracy (privacy val images; the budget model fA trained against)",
+        "tradeoff": f"max (action top-1 - budget NT-Xent accuracy) among epochs with {margin}; outside: -1 - budget accuracy",
+        "attacker_tradeoff": (
+            f"max (action top-1 - fresh-attacker cMAP) among epochs with {margin}; outside: -1 - cMAP. The attacker: a "
+            f"fresh TinyAttacker (width {fa.width}) trained {fa.steps} Adam steps on fA's privacy-train images with their "
+            f"attribute labels, cMAP on a held-out {fa.validation_fraction} of the privacy train list (seed "
+            f"{fa.validation_seed}; the privacy test split is never used); the budget model's accuracy plays no part"
+        ),
+    }
+    return f"eval.select = {e.select}: {rules[e.select]}"
 
 
 class MinimaxTask(Task):
     """TeD-SPAD Algorithm 1 (or SPAct / the ablations): each train step is Step 1 (fA) then Step 2 (fT, fB),
-    each on its own action and image batch; selection by ``eval.select`` against the epoch-0 validation."""
+    each on its own action and image batch; selection by ``eval.select`` against the epoch-0 validation.
+
+    The remedies of issue 14 are options of the same task: budget members and restarts (``budget.*``)
+    and the bounded privacy objective (``loss.privacy``) change the steps; the fresh-attacker probe
+    (``fresh_attacker.*``) only adds validation metrics, drawn from its own RNG."""
 
     def __init__(self, cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> None:
         d, o = cfg.data, cfg.optim
         self.cfg, self.ctx, self.precision, self.device = cfg, ctx, precision, ctx.device
         self.name, self.epochs, self.eval_every = cfg.task, o.epochs, cfg.eval.every
-        self.selection = Selection("selection_score", "max", f"eval.select = {cfg.eval.select} (see --help-config)")
+        self.selection = Selection("selection_score", "max", selection_rule(cfg))
         splits, self.train_videos, val, _ = _action_data(cfg, ctx)
         p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_validation_fraction, val_seed=d.privacy_validation_seed)
         self.images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
@@ -474,15 +528,30 @@ class MinimaxTask(Task):
             "anonymizer": torch.optim.Adam(self.net.anonymizer.parameters(), lr=o.lr_anonymizer, weight_decay=o.weight_decay),
             "utility": torch.optim.Adam([*self.net.utility.parameters(), *self.net.embedding.parameters()], lr=o.lr_utility,
                                         weight_decay=o.weight_decay),
-            "budget": torch.optim.Adam(self.net.budget.parameters(), lr=o.lr_budget, weight_decay=o.weight_decay),
         }
+        for k, member in enumerate(self.net.budgets):
+            self.opt[member_key(k)] = torch.optim.Adam(member.parameters(), lr=o.lr_budget, weight_decay=o.weight_decay)
+        # Each member's start of the run, taken before any resume loads later weights into it.
+        self._starts = [{key: v.detach().clone() for key, v in m.state_dict().items()} for m in self.net.budgets]
+        self.restarts = BudgetRestarts(cfg.budget.restart_every, cfg.budget.restart_from, self._member_start)
         self.val_loader, self.n_val = _eval_clip_loader(cfg, val)
         self.view_loader = _eval_view_loader(cfg, images_val)
         self.grid = _grid_images(cfg, images_val)
+        self.probe = AttackerProbe(cfg, ctx, precision) if cfg.fresh_attacker.enabled else None
         self.initial: dict[str, float] = {}
 
+    def _member_start(self, k: int, r: int) -> dict[str, torch.Tensor]:
+        if r == 0:
+            return self._starts[k]
+        return seeded_budget(self.specs[member_key(k)], budget_seed(self.cfg, k, r)).state_dict()
+
+    def _budget_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt[member_key(k)] for k in range(len(self.net.budgets))]
+
     def models(self) -> dict[str, StoredModel]:
-        return {k: StoredModel(k, self.specs[k], m) for k, m in self.net.as_dict().items()}
+        # Every budget member is stored as a budget record ('budget', 'budget_1', ...).
+        kind = lambda key: "budget" if key.startswith("budget") else key  # noqa: E731
+        return {k: StoredModel(kind(k), self.specs[k], m) for k, m in self.net.as_dict().items()}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self.opt
@@ -512,28 +581,98 @@ class MinimaxTask(Task):
 
     def train_step(self, batch: int, stepper: Stepper) -> dict[str, float]:
         pull = lambda it: _to(next(it), self.device)  # noqa: E731
+        restarted = self.restarts.apply(stepper.step, self.net.budgets, self._budget_optimizers())
         m1 = anonymizer_step(self.net, self.opt["anonymizer"], pull(self._action), pull(self._images),
                              weights=self.weights, stepper=stepper)
         m2 = adversary_step(self.net, self.opt["utility"], self.opt["budget"], pull(self._action), pull(self._images),
-                            weights=self.weights, stepper=stepper)
-        return {**{f"step1_{k}": v for k, v in m1.items()}, **{f"step2_{k}": v for k, v in m2.items()}}
+                            weights=self.weights, stepper=stepper, ensemble_optimizers=self._budget_optimizers()[1:])
+        out = {**{f"step1_{k}": v for k, v in m1.items()}, **{f"step2_{k}": v for k, v in m2.items()}}
+        if self.restarts.every is not None:
+            out["budget_restarted"] = float(restarted)  # the epoch mean times steps = restarts in the epoch
+        return out
 
     def validate(self, epoch: int) -> dict[str, float]:
         action = evaluate_action(self.net.anonymizer, self.net.utility, self.val_loader, num_videos=self.n_val,
                                  device=self.device, precision=self.precision)
-        budget = evaluate_budget(self.net.anonymizer, self.net.budget, self.view_loader, temperature=self.cfg.loss.temperature,
-                                 device=self.device, precision=self.precision)
+        budgets = [evaluate_budget(self.net.anonymizer, m, self.view_loader, temperature=self.cfg.loss.temperature,
+                                   device=self.device, precision=self.precision) for m in self.net.budgets]
         save_grid(self.net.anonymizer, self.grid, self.ctx, epoch, precision=self.precision)
-        return {"action_top1": action["top1"], "budget_loss": budget["loss"], "budget_acc": budget["acc"]}
+        # Over an ensemble the strongest member speaks for privacy (one member: its own values).
+        out = {"action_top1": action["top1"], "budget_loss": min(b["loss"] for b in budgets),
+               "budget_acc": max(b["acc"] for b in budgets)}
+        if len(budgets) > 1:
+            out.update({f"budget_acc_{k}": b["acc"] for k, b in enumerate(budgets)})
+        if self.probe is not None:
+            out.update(self.probe(self.net.anonymizer))
+        return out
 
     def score(self, metrics: dict[str, float]) -> float:
         return selection_score(self.cfg.eval.select, metrics, self.initial, self.cfg.eval.max_action_drop)
 
     def finish(self, selected: dict) -> dict:
-        drop = self.cfg.eval.max_action_drop
-        return {"method": self.cfg.loss.method, "initial": {k: v for k, v in self.initial.items() if k != "epoch"},
-                "max_action_drop": drop,
-                "within_margin": selected["val_action_top1"] >= self.initial["action_top1"] - drop - 1e-9}
+        drop, b = self.cfg.eval.max_action_drop, self.cfg.budget
+        out = {"method": self.cfg.loss.method, "initial": {k: v for k, v in self.initial.items() if k != "epoch"},
+               "max_action_drop": drop,
+               "within_margin": selected["val_action_top1"] >= self.initial["action_top1"] - drop - 1e-9,
+               "privacy_objective": self.cfg.loss.privacy,
+               "budget": {"ensemble": b.ensemble, "restart_every": b.restart_every, "restart_from": b.restart_from,
+                          "restarts": (self.epochs * self.steps - 1) // b.restart_every if b.restart_every else 0}}
+        if self.probe is not None:
+            out["fresh_attacker"] = self.probe.describe()
+        return out
+
+
+class AttackerProbe:
+    """The fresh-attacker probe of the minimax's validation (anonymization_training.attacker) on
+    two carves of the privacy *train* list (``fresh_attacker.validation_fraction``): called with
+    fA, it returns {"attacker_cmap", "attacker_chance", "attacker_time_s", "output_ssim",
+    "output_psnr"} (SSIM / PSNR of fA's 8-bit output to its input on the attacker-validation images;
+    PSNR of their mean squared error, 100 dB when identical)."""
+
+    def __init__(self, cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> None:
+        fa = cfg.fresh_attacker
+        self.device, self.precision = ctx.device, precision
+        carve = VISPR(cfg.paths.vispr, val_fraction=fa.validation_fraction, val_seed=fa.validation_seed)
+        train, val = carve.items("train"), carve.items("val")
+        for name, items in (("train", train), ("validation", val)):
+            if len(items) < 2:
+                raise StageDataError(f"the fresh attacker's {name} carve of {cfg.paths.vispr} has {len(items)} image(s) "
+                                     f"(fresh_attacker.validation_fraction = {fa.validation_fraction}); it needs >= 2")
+        ev = eval_transform(cfg.clip.resolution, scale=fa.crop_scale)
+
+        def stack(items):
+            ds = EvalImages(ImageSource(items, cache=False), ev)
+            images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+            return images, torch.from_numpy(np.stack([item.labels for item in items]).astype(np.float32))
+
+        self.train_images, self.train_labels = stack(train)
+        self.val_images, self.val_labels = stack(val)
+        self.reference = anonymize_images(None, self.val_images, device=self.device, precision=precision)
+        self.settings = AttackerSettings(steps=fa.steps, batch_size=fa.batch_size, lr=fa.lr, width=fa.width,
+                                         seed=sample_seed(cfg.run.seed, STREAM_ATTACKER))
+        self.seconds: list[float] = []
+        _log(ctx, f"fresh attacker: {len(train)} train / {len(val)} validation images of the privacy train list")
+
+    def __call__(self, anonymizer: nn.Module) -> dict[str, float]:
+        started = time.perf_counter()
+        train = anonymize_images(anonymizer, self.train_images, device=self.device, precision=self.precision)
+        val = anonymize_images(anonymizer, self.val_images, device=self.device, precision=self.precision)
+        result = fresh_attacker_probe(train, self.train_labels, val, self.val_labels, self.settings)
+        mse = float((val - self.reference).double().pow(2).mean())
+        out = {
+            "attacker_cmap": result["cmap"], "attacker_chance": result["chance"],
+            "output_ssim": float(ssim(self.reference, val).mean()),
+            "output_psnr": 10.0 * math.log10(1.0 / max(mse, 1e-10)),
+        }
+        self.seconds.append(time.perf_counter() - started)
+        out["attacker_time_s"] = self.seconds[-1]
+        return out
+
+    def describe(self) -> dict:
+        s = self.settings
+        return {"train_images": int(self.train_images.shape[0]), "validation_images": int(self.val_images.shape[0]),
+                "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "width": s.width,
+                "seconds_per_probe": sum(self.seconds) / len(self.seconds) if self.seconds else None}
 
 
 TASKS: dict[str, Callable[[AnonymizationConfig, RunContext, Precision], Task]] = {

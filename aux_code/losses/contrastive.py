@@ -5,6 +5,7 @@ Embeddings are (B, E). Shapes of every result are scalars unless stated.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -14,6 +15,9 @@ from einops import rearrange
 __all__ = [
     "NTXentResult",
     "nt_xent",
+    "nt_xent_from_logits",
+    "similarity_certainty",
+    "similarity_logits",
     "temporal_distinctive_triplet",
     "temporal_invariance_loss",
     "utility_loss",
@@ -55,18 +59,55 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.1) -> 
     temperature with each row's self-similarity removed; row i's target is the other view
     of the same sample (i + N mod 2N); cross-entropy is summed over rows and divided by 2N.
     """
-    _check_pair("nt_xent", z1, z2)
+    logits, targets = similarity_logits(z1, z2, temperature=temperature, name="nt_xent")
+    return nt_xent_from_logits(logits, targets)
+
+
+def nt_xent_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> NTXentResult:
+    """NT-Xent of :func:`similarity_logits`' (2N, 2N) logits and (2N,) targets: CE summed / 2N."""
+    loss = F.cross_entropy(logits, targets, reduction="sum") / logits.shape[0]
+    accuracy = (logits.detach().argmax(dim=1) == targets).to(logits.dtype).mean()
+    return NTXentResult(loss, accuracy)
+
+
+def similarity_logits(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float, name: str = "similarity_logits"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2N x 2N cosine-similarity logits of NT-Xent (self-similarity -inf) and each row's target.
+
+    z1, z2: (N, E) two views; rows are the 2N embeddings ``[z1; z2]``; row i's target (the other
+    view of its sample) is ``(i + N) mod 2N``. Returns (logits (2N, 2N), targets (2N,)).
+    """
+    _check_pair(name, z1, z2)
     if temperature <= 0:
-        raise ValueError(f"nt_xent: temperature must be > 0, got {temperature}")
+        raise ValueError(f"{name}: temperature must be > 0, got {temperature}")
     n = z1.shape[0]
     z = F.normalize(rearrange([z1, z2], "v n e -> (v n) e"), dim=1)
     logits = z @ z.T / temperature
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
-    loss = F.cross_entropy(logits, targets, reduction="sum") / (2 * n)
-    accuracy = (logits.detach().argmax(dim=1) == targets).to(z.dtype).mean()
-    return NTXentResult(loss, accuracy)
+    return logits, targets
+
+
+def similarity_certainty(logits: torch.Tensor) -> torch.Tensor:
+    """A bounded privacy loss for the anonymizer: 1 - (mean row entropy) / log(2N - 1).
+
+    ``logits``: (2N, 2N) from :func:`similarity_logits` (the diagonal -inf). Each row's softmax
+    over the 2N - 1 other embeddings is the budget model's belief about which one is its positive;
+    its entropy is at most log(2N - 1), reached only when every similarity in the row is equal.
+    The result lies in [0, 1] whatever the logits' scale, and is 0 exactly at uniform similarity,
+    so an anonymizer minimising it makes the budget unsure (BDQ / ALBAR's entropy objective) and
+    gains nothing by pushing the positive below the negatives (which a negated NT-Xent rewards, and
+    which is itself a pattern a fresh attacker can learn).
+    """
+    if logits.ndim != 2 or logits.shape[0] != logits.shape[1] or logits.shape[0] < 3:
+        raise ValueError(f"similarity_certainty: expected (2N, 2N) logits with 2N >= 3, got {tuple(logits.shape)}")
+    m = logits.shape[0]
+    off = ~torch.eye(m, dtype=torch.bool, device=logits.device)
+    rows = logits[off].reshape(m, m - 1)  # the diagonal (-inf) removed: 0 * log 0 would be nan
+    log_p = F.log_softmax(rows, dim=1)
+    entropy = -(log_p.exp() * log_p).sum(dim=1)
+    return 1.0 - entropy.mean() / math.log(m - 1)
 
 
 def temporal_invariance_loss(z_t: torch.Tensor, z_t_prime: torch.Tensor, *, temperature: float = 0.1) -> NTXentResult:

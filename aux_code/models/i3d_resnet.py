@@ -56,6 +56,7 @@ I3D_R50_TEMPORAL_KERNELS: tuple[tuple[int, ...], ...] = (
 Stem = Literal["resnet3d", "pytorchvideo"]
 ClipInput = Literal["rgb", "difference", "rgb_difference"]
 CLIP_INPUTS: tuple[str, ...] = ("rgb", "difference", "rgb_difference")
+RGB_DIFFERENCE_FRAME_SCALE = 0.1
 
 
 class Bottleneck3d(nn.Module):
@@ -212,7 +213,10 @@ class I3DResNet(nn.Module):
         elif self.clip_input == "difference":
             x = torch.diff(clip, dim=2, prepend=clip[:, :, :1]) / self.std
         else:
-            frames = (clip - self.mean) / self.std
+            # The frames enter at a tenth of their scale: at full scale the stem fitted people
+            # and places first (12% validation top-1 after 20 epochs, the differences alone 48%
+            # after 10), while a tenth still gives every still picture a feature of its own.
+            frames = RGB_DIFFERENCE_FRAME_SCALE * (clip - self.mean) / self.std
             differences = torch.diff(clip, dim=2, prepend=clip[:, :, :1]) / self.std
             x = torch.cat([frames, differences], dim=1)  # (B, 6, T, H, W)
         x = self.stem(x)

@@ -179,6 +179,85 @@ def test_interval_is_na_without_a_per_item_file(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 1000
 
 
+def test_remedies_face_methods_and_attackers_plug_in_like_the_others():
+    plan = build_plan(_cfg(["methods=[raw,face_blur,tedspad,tedspad_ens,spact_entropy]", "attackers=[scratch,finetune_raw,other_arch]"]))
+    ens = plan.steps["anonymization/tedspad_ens"].overrides
+    for o in ("loss.method=tedspad", "budget.ensemble=3", "budget.restart_every=44", "fresh_attacker.enabled=true", "eval.select=attacker_tradeoff"):
+        assert o in ens
+    assert "loss.privacy=entropy" in plan.steps["anonymization/spact_entropy"].overrides
+    assert "budget.ensemble=3" not in plan.steps["anonymization/tedspad"].overrides  # the paper's method is untouched
+    assert "anonymizer.method=face_blur" in plan.steps["privacy/face_blur"].overrides
+    for m in ("raw", "face_blur", "tedspad_ens"):
+        assert "attackers.run=[scratch,finetune_raw,other_arch]" in plan.steps[f"privacy/{m}"].overrides
+    # the paper's protocol alone adds no override: the stage config decides
+    assert not any(o.startswith("attackers.") for o in build_plan(_cfg()).steps["privacy/raw"].overrides)
+    # every remedy's stage-1 overrides are keys stage 1 knows
+    from anonymization_training.config import AnonymizationConfig
+
+    for m in ("tedspad_select", "spact_select", "tedspad_ens", "spact_ens", "tedspad_entropy", "spact_entropy"):
+        load_config(AnonymizationConfig, "configs/synthetic/anonymization/tedspad.yaml", list(reproduce.LEARNED[m][1]), check_paths=False)
+
+
+@pytest.mark.parametrize("override, message", [("attackers=[scratch,oracle]", "unknown attacker 'oracle'"),
+                                               ("attackers=[finetune_raw]", "must include 'scratch'"),
+                                               ("attackers=[scratch,scratch]", "each attacker once")])
+def test_bad_attacker_lists_are_config_errors(override, message):
+    from aux_code.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _cfg([override])
+
+
+def test_worst_case_is_the_strongest_attacker_and_the_plot_uses_it(tmp_path, monkeypatch):
+    plan = reproduce.Plan(points={m: reproduce.Point(m.title(), f"privacy/{m}", (f"anomaly/{m}-s0",)) for m in ("raw", "unet")},
+                          tables={"main": ["raw", "unet"]})
+    # attacker cMAPs: raw scratch 0.8 / finetune_raw 0.7; unet scratch 0.5 / finetune_raw 0.7 (the worst case)
+    cmaps = {"raw": {"scratch": 0.8, "finetune_raw": 0.7}, "unet": {"scratch": 0.5, "finetune_raw": 0.7}}
+    done = {}
+    for m, per in cmaps.items():
+        run_dir = tmp_path / "privacy" / m
+        for attacker, value in per.items():
+            where = run_dir if attacker == "scratch" else run_dir / "attackers" / attacker
+            where.mkdir(parents=True, exist_ok=True)
+            _fake_per_item("privacy", where, {"test": {"cmap": value}})
+        results = {"test": {"cmap": per["scratch"]}, "attackers": {a: {"cmap": v} for a, v in per.items()}}
+        done[f"privacy/{m}"] = {"status": "ran", "results": results, "run_dir": str(run_dir)}
+        a_dir = tmp_path / "anomaly" / m
+        a_dir.mkdir(parents=True)
+        a_res = {"test": {"headline": {"metric": "auc", "value": 0.9}}}
+        _fake_per_item("anomaly", a_dir, a_res)
+        done[f"anomaly/{m}-s0"] = {"status": "ran", "results": a_res, "run_dir": str(a_dir)}
+    summary = reproduce.collect(plan, done, reproduce.BootstrapSection(resamples=50))
+    unet = summary["points"]["unet"]
+    assert unet["worst_case"]["attacker"] == "finetune_raw" and unet["worst_case"]["cmap"] == 0.7
+    assert summary["points"]["raw"]["worst_case"]["attacker"] == "scratch"
+    assert unet["worst_case"]["cmap_ci"]["per_seed"] == [0.7]  # recomputed from that attacker's own predictions
+    assert unet["privacy_reduction_pct"] == pytest.approx(37.5) and unet["worst_case_reduction_pct"] == pytest.approx(12.5)
+    tables = reproduce.render_tables(summary)
+    assert "worst-case attacker cMAP" in tables and "(finetune_raw) | +12.50 |" in tables
+    drawn = {}
+
+    class Axes:  # records what the plot puts on the x axis
+        def __getattr__(self, name):
+            return lambda *a, **k: drawn.setdefault(name, []).append((a, k))
+
+    import matplotlib.pyplot as plt
+
+    class Fig:
+        def tight_layout(self):
+            pass
+
+        def savefig(self, f, **k):
+            f.write(b"png")
+
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: (Fig(), Axes()))
+    monkeypatch.setattr(plt, "close", lambda fig: None)
+    reproduce.draw_tradeoff(summary, tmp_path / "t.png")
+    xs = [round(a[0][0], 6) for a, _ in drawn["scatter"]]
+    assert xs == [80.0, 70.0]  # raw's worst case is its scratch 0.8, unet's is finetune_raw's 0.7, not its 0.5
+    assert "worst-case" in drawn["set_xlabel"][0][0][0]
+
+
 def test_end_to_end_on_a_tiny_world(tiny_paths, monkeypatch):
     """The real stages, two methods, one epoch each: every table, the plot and the summary exist."""
     monkeypatch.setenv("TEDSPAD_PATHS", str(tiny_paths))

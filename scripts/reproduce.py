@@ -89,6 +89,15 @@ LEARNED: dict[str, tuple[str, tuple[str, ...]]] = {
     "tedspad_entropy": ("TeD-SPAD + entropy privacy term", ("loss.method=tedspad", *_SELECT, *_ENTROPY)),
     "spact_entropy": ("SPAct + entropy privacy term", ("loss.method=spact", *_SELECT, *_ENTROPY)),
 }
+# Giorgi et al.'s DP autoencoder (anonymization_training.dpae): one trade-off point per
+# (optimizer, noise multiplier); the config file is under StageFiles.dpae_dir.
+DPAE: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "dpae_no_dp": ("DP-AE, no DP (Adam)", "no_dp_adam.yaml", ()),
+    "dpae_adam_nm0.5": ("DP-AE, DP-Adam, noise 0.5", "dp_adam.yaml", ("dp.noise_multiplier=0.5",)),
+    "dpae_adam_nm1": ("DP-AE, DP-Adam, noise 1", "dp_adam.yaml", ("dp.noise_multiplier=1.0",)),
+    "dpae_adagrad_nm1": ("DP-AE, DP-Adagrad, noise 1", "dp_adagrad.yaml", ("dp.noise_multiplier=1.0",)),
+    "dpae_sgd_nm1": ("DP-AE, DP-SGD, noise 1", "dp_sgd.yaml", ("dp.noise_multiplier=1.0",)),
+}
 # Stage 2's attackers (privacy_training.attackers); scratch is the paper's protocol.
 ATTACKERS = ("scratch", "finetune_raw", "other_arch")
 SWEEPS = ("utility_loss", "omega", "mu", "negative_distance")
@@ -108,6 +117,7 @@ class StageFiles:
     probe: str = opt("configs/synthetic/privacy/probe.yaml", "Stage 2, feature-level probe (Table 1).")
     extraction: str = opt("configs/synthetic/extraction/default.yaml", "Stage 3: features of the anomaly dataset; anonymizer and utility overridden per method.")
     anomaly: str = opt("configs/synthetic/anomaly/default.yaml", "Stage 4: MGFN on the features.")
+    dpae_dir: str = opt("configs/synthetic/dpae", "Folder of the DP autoencoder's configs (no_dp_adam, dp_adam, dp_adagrad, dp_sgd .yaml).")
 
 
 @dataclass
@@ -118,6 +128,7 @@ class StageOverrides:
     privacy: list[str] = opt([], "Overrides for every stage-2 run (target model and probe).")
     extraction: list[str] = opt([], "Overrides for every stage-3 run.")
     anomaly: list[str] = opt([], "Overrides for every stage-4 run.")
+    dpae: list[str] = opt([], "Overrides for every DP autoencoder training run.")
 
 
 @dataclass
@@ -150,7 +161,8 @@ class ReproduceConfig:
         ["raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad"],
         "Methods of the trade-off plot: raw, downsample2x, downsample4x, blur, blacken, face_blur, face_blacken, spact, "
         "tedspad, temporal_invariance, and the issue-14 remedies tedspad_select, spact_select, tedspad_ens, spact_ens, "
-        "tedspad_entropy, spact_entropy.",
+        "tedspad_entropy, spact_entropy; Giorgi et al.'s DP autoencoder dpae_no_dp, dpae_adam_nm0.5, dpae_adam_nm1, "
+        "dpae_adagrad_nm1, dpae_sgd_nm1.",
     )
     attackers: list[str] = opt(
         ["scratch"],
@@ -184,7 +196,7 @@ class ReproduceConfig:
         return []  # each stage checks its own inputs when it loads its config
 
     def validate(self) -> None:
-        known = set(BASELINES) | set(LEARNED)
+        known = set(BASELINES) | set(LEARNED) | set(DPAE)
         for m in self.methods:
             if m not in known:
                 raise ConfigError(f"methods: unknown method {m!r}; known: {', '.join(sorted(known))}")
@@ -285,8 +297,17 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
         budget = plan.add(Step("anonymization", files.budget, "budget", anon()))
         return (utility(), identity, budget)
 
-    def point(name: str, label: str, anonymizer: tuple[str, ...], minimax: tuple[str, ...] | None) -> str:
-        if minimax is None:
+    def point(name: str, label: str, anonymizer: tuple[str, ...], minimax: tuple[str, ...] | None,
+              dpae: tuple[str, tuple[str, ...]] | None = None) -> str:
+        if dpae is not None:
+            # The camera's encoder and the server's decoder of one DP-AE run; fT as for the baselines.
+            config, dp_overrides = dpae
+            trained = plan.add(Step("dpae", f"{files.dpae_dir}/{config}", name, (*common, *extra.dpae, *dp_overrides)))
+            anon_overrides = ("anonymizer.method=dpae", f"anonymizer.encoder=dpae/{name}/encoder.pt",
+                              f"anonymizer.decoder=dpae/{name}/decoder.pt")
+            utility_ckpt = cfg.baseline_utility
+            needs = (*utility_needs(utility_ckpt), trained)
+        elif minimax is None:
             anon_overrides, utility_ckpt = anonymizer, cfg.baseline_utility
             needs = utility_needs(utility_ckpt)
         else:
@@ -319,6 +340,9 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
             if m in ("blur", "blacken"):
                 overrides = (*overrides, f"anonymizer.boxes={cfg.person_boxes}")
             main.append(point(m, label, overrides, None))
+        elif m in DPAE:
+            label, config, dp_overrides = DPAE[m]
+            main.append(point(m, label, (), None, (config, dp_overrides)))
         else:
             main.append(point(m, LEARNED[m][0], (), LEARNED[m][1]))
     plan.tables["main"] = main
@@ -467,6 +491,9 @@ def step_inputs(stage: str, cfg: Any) -> list[tuple[str, Path]]:
     anonymizer = getattr(cfg, "anonymizer", None)
     if isinstance(anonymizer, AnonymizerSection) and anonymizer.method == "unet":
         add("anonymizer.checkpoint", anonymizer.checkpoint, cfg.paths.runs)
+    if isinstance(anonymizer, AnonymizerSection) and anonymizer.method == "dpae":
+        add("anonymizer.encoder", anonymizer.encoder, cfg.paths.runs)
+        add("anonymizer.decoder", anonymizer.decoder, cfg.paths.runs)
     if stage == "extraction" or (stage == "privacy" and cfg.task == "probe"):
         out += cfg.utility.files(cfg.paths)
     if stage == "privacy":

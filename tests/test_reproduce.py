@@ -198,6 +198,27 @@ def test_remedies_face_methods_and_attackers_plug_in_like_the_others():
         load_config(AnonymizationConfig, "configs/synthetic/anonymization/tedspad.yaml", list(reproduce.LEARNED[m][1]), check_paths=False)
 
 
+def test_dpae_points_train_the_pair_and_run_it_as_the_anonymizer():
+    plan = build_plan(_cfg(["methods=[raw,dpae_no_dp,dpae_adam_nm1]", "feature_probe=false"]))
+    step = plan.steps["dpae/dpae_adam_nm1"]
+    assert step.config == "configs/synthetic/dpae/dp_adam.yaml" and "dp.noise_multiplier=1.0" in step.overrides
+    assert plan.steps["dpae/dpae_no_dp"].config.endswith("no_dp_adam.yaml")
+    for stage, run in (("privacy", "dpae_adam_nm1"), ("extraction", "ucf_crime-dpae_adam_nm1")):
+        s = plan.steps[f"{stage}/{run}"]
+        assert "dpae/dpae_adam_nm1" in s.needs
+        assert {"anonymizer.method=dpae", "anonymizer.encoder=dpae/dpae_adam_nm1/encoder.pt",
+                "anonymizer.decoder=dpae/dpae_adam_nm1/decoder.pt"} <= set(s.overrides)
+    # its features come from the baselines' fT, its table row from its own privacy and MGFN runs
+    assert "utility.checkpoint=anonymization/utility/best.pt" in plan.steps["extraction/ucf_crime-dpae_adam_nm1"].overrides
+    assert plan.points["dpae_adam_nm1"].privacy == "privacy/dpae_adam_nm1"
+    keys = list(plan.steps)
+    assert keys.index("dpae/dpae_adam_nm1") < keys.index("privacy/dpae_adam_nm1")
+    # the steps parse in their stages' schemas (as the pre-flight does)
+    for k in ("dpae/dpae_adam_nm1", "privacy/dpae_adam_nm1", "extraction/ucf_crime-dpae_adam_nm1"):
+        step = plan.steps[k]
+        load_config(reproduce.schema_for_stage(step.stage), step.config, list(step.argv()[2:]), check_paths=False)
+
+
 @pytest.mark.parametrize("override, message", [("attackers=[scratch,oracle]", "unknown attacker 'oracle'"),
                                                ("attackers=[finetune_raw]", "must include 'scratch'"),
                                                ("attackers=[scratch,scratch]", "each attacker once")])

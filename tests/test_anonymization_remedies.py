@@ -223,14 +223,15 @@ def test_similarity_certainty_gradient_points_to_uniform_similarity():
 
 
 @pytest.mark.parametrize("privacy", ["ntxent", "entropy"])
-def test_anonymizer_step_makes_the_budget_worse(privacy):
+def test_anonymizer_step_makes_the_budget_worse(privacy, seed=0):
     """The sign check: with w_T = 0, one fA step raises fB's NT-Xent (paper) or lowers the certainty
     of its similarity rows (entropy), each measured here from fB's embeddings, on the same batch."""
+    torch.manual_seed(seed)
     members = [build_budget(name="resnet_tiny")]
     models = _minimax(members)
     weights = LossWeights(method="spact", privacy=privacy, w_t=0.0)
     action, images = _batches(3)
-    opt = torch.optim.SGD(models.anonymizer.parameters(), lr=0.05)
+    opt = torch.optim.SGD(models.anonymizer.parameters(), lr=0.01)
 
     def leak() -> float:
         models.anonymizer.train()

@@ -149,6 +149,15 @@ class LossSection:
 class BudgetSection:
     """minimax only: the budget models fA plays against (Wu et al., TPAMI 2020)."""
 
+    task: Literal["ntxent", "attributes"] = opt(
+        "ntxent",
+        "What the budget models learn in Step 2: 'ntxent' = SPAct's self-supervised NT-Xent between two views (no "
+        "labels; the paper); 'attributes' = the privacy attributes from the privacy-train labels (BCE on both views; "
+        "Wu et al.'s supervised budget): the members are then fresh classifiers of model.budget's target "
+        "architecture, each from its own seeded init (init.budget is not read), fA's privacy term is the bounded "
+        "attribute certainty 1 - mean binary entropy / log 2 (needs loss.privacy = entropy), and validation reports "
+        "budget_loss (BCE) and budget_acc (mean attribute accuracy) of the strongest member.",
+    )
     ensemble: int = opt(
         1,
         "Budget models K: fB (from init.budget) plus K - 1 copies of its architecture with their own seeded random "
@@ -286,6 +295,12 @@ class AnonymizationConfig:
             (fa.steps >= 1 and fa.batch_size >= 2 and fa.width >= 1 and fa.lr > 0,
              f"fresh_attacker.steps = {fa.steps}, batch_size = {fa.batch_size}, width = {fa.width} and lr = {fa.lr} "
              "must be >= 1, >= 2, >= 1 and > 0"),
+            (b.task != "attributes" or lo.privacy == "entropy",
+             "budget.task = attributes has no negated-NT-Xent objective: set loss.privacy = entropy (the bounded "
+             "attribute certainty)"),
+            (b.task != "attributes" or e.select in ("attacker_tradeoff", "action_top1"),
+             f"eval.select = {e.select} reads the NT-Xent accuracy of the budget; with budget.task = attributes select "
+             "by attacker_tradeoff or action_top1"),
             (e.select != "attacker_tradeoff" or fa.enabled,
              "eval.select = attacker_tradeoff scores epochs with the fresh attacker: set fresh_attacker.enabled = true"),
         ]

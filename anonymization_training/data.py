@@ -290,12 +290,13 @@ class EvalClips(Dataset):
 class ImageViews(Dataset):
     """Two augmented views of a privacy image, indexed by ``(image index, sample seed)``.
 
-    Items: {"view1": (C, h, w), "view2": (C, h, w)}. Evaluation uses fixed seeds, so the
-    views are the same at every validation.
+    Items: {"view1": (C, h, w), "view2": (C, h, w)} (+ "labels": (A,) float 0/1, the image's
+    privacy attributes, with ``labels=True``). Evaluation uses fixed seeds, so the views are the
+    same at every validation.
     """
 
-    def __init__(self, source: ImageSource, transform: ClipTrain) -> None:
-        self.source, self.transform = source, transform
+    def __init__(self, source: ImageSource, transform: ClipTrain, *, labels: bool = False) -> None:
+        self.source, self.transform, self.labels = source, transform, labels
 
     def __len__(self) -> int:
         return len(self.source)
@@ -304,7 +305,10 @@ class ImageViews(Dataset):
         i, seed = key
         _, g = _generators(seed)
         image = to_float_image(self.source.image(i))
-        return {"view1": self.transform(image, generator=g), "view2": self.transform(image, generator=g)}
+        item = {"view1": self.transform(image, generator=g), "view2": self.transform(image, generator=g)}
+        if self.labels:
+            item["labels"] = torch.from_numpy(np.array(self.source.items[i].labels, dtype=np.float32))
+        return item
 
 
 class EvalImages(Dataset):

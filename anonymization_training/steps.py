@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from aux_code.losses.contrastive import (
+    attribute_certainty,
     nt_xent,
     nt_xent_from_logits,
     similarity_certainty,
@@ -88,6 +89,7 @@ class LossWeights:
     w_t: float = 0.7
     w_b: float = 1.0
     privacy: str = "ntxent"
+    budget_task: str = "ntxent"
 
     @property
     def temporal(self) -> bool:
@@ -184,6 +186,32 @@ def budget_terms(budget: nn.Module, view1: torch.Tensor, view2: torch.Tensor, *,
         result = nt_xent_from_logits(logits, targets)
         return BudgetTerms(result.loss, result.accuracy, similarity_certainty(logits))
     raise ValueError(f"budget_terms: privacy objective {privacy!r} is not one of {', '.join(PRIVACY_OBJECTIVES)}")
+
+
+def attribute_terms(budget: nn.Module, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor, *,
+                    precision: Precision | None = None) -> BudgetTerms:
+    """A supervised budget (Wu et al.'s): attribute logits of fB on both (already anonymized)
+    views (N, 3, H, W) against the images' labels (N, A) 0/1. loss: BCE (what Step 2 minimises);
+    accuracy: mean per-attribute accuracy at logit 0; privacy: the bounded attribute certainty."""
+    precision = precision or Precision("fp32", view1.device)
+    with precision.autocast():
+        logits = budget(torch.cat([view1, view2])).float()
+    targets = torch.cat([labels, labels]).float()
+    if logits.shape != targets.shape:
+        raise ValueError(f"attribute_terms: budget logits {tuple(logits.shape)} do not match labels {tuple(targets.shape)}")
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    accuracy = ((logits.detach() > 0).float() == targets).float().mean()
+    return BudgetTerms(loss, accuracy, attribute_certainty(logits))
+
+
+def member_terms(member: nn.Module, v1: torch.Tensor, v2: torch.Tensor, images: Mapping[str, torch.Tensor], *,
+                 weights: LossWeights, precision: Precision) -> BudgetTerms:
+    """One budget member's terms for the budget task of ``weights`` (NT-Xent or attributes)."""
+    if weights.budget_task == "attributes":
+        if "labels" not in images:
+            raise ValueError("budget task 'attributes' needs the image batch's 'labels' (ImageViews(labels=True))")
+        return attribute_terms(member, v1, v2, images["labels"], precision=precision)
+    return budget_terms(member, v1, v2, temperature=weights.temperature, precision=precision, privacy=weights.privacy)
 
 
 def worst_case(values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -295,8 +323,7 @@ def anonymizer_step(
             positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
         )
         v1, v2 = anonymize_views(models.anonymizer, images, precision=precision)
-        members = [budget_terms(m, v1, v2, temperature=weights.temperature, precision=precision, privacy=weights.privacy)
-                   for m in models.budgets]
+        members = [member_terms(m, v1, v2, images, weights=weights, precision=precision) for m in models.budgets]
         privacy, worst = worst_case([m.privacy for m in members])
         loss = weights.w_t * l_t + weights.w_b * privacy
         stepper.check({"step1_loss": loss, "L_T": l_t, "L_B": members[worst].loss, "privacy": privacy, **terms},
@@ -308,7 +335,7 @@ def anonymizer_step(
         "budget_acc": float(members[worst].accuracy), "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),
         **{k: float(v.detach()) for k, v in terms.items()},
     }
-    if len(members) > 1 or weights.privacy != "ntxent":  # the paper's run logs exactly what it always did
+    if len(members) > 1 or weights.privacy != "ntxent" or weights.budget_task != "ntxent":  # the paper's run logs what it did
         out["privacy"] = float(privacy.detach())
         out["worst_member"] = float(worst)
     return out
@@ -344,7 +371,7 @@ def adversary_step(
         models.utility, models.embedding, clips["clip"], action["label"], weights=weights,
         positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
     )
-    members = [budget_terms(m, v1, v2, temperature=weights.temperature, precision=precision) for m in models.budgets]
+    members = [member_terms(m, v1, v2, images, weights=weights, precision=precision) for m in models.budgets]
     stepper.check({"L_T": l_t, **{f"L_B_{k}" if k else "L_B": m.loss for k, m in enumerate(members)}, **terms},
                   half="adversary (Step 2)")
     budget_optimizers = [budget_optimizer, *ensemble_optimizers]

@@ -55,14 +55,15 @@ from anonymization_training.steps import (
     adversary_step,
     anonymize_views,
     anonymizer_step,
+    attribute_terms,
     budget_terms,
     member_key,
 )
 from aux_code.checkpoint import CheckpointError
 from aux_code.config import ConfigError
-from aux_code.datasets import VISPR
+from aux_code.datasets import VISPR, VISPR_ATTRIBUTES
 from aux_code.fit import Selection, Stepper, StoredModel, Task, fit
-from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_utility
+from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_target, build_utility
 from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
 from aux_code.schedule import Schedule
@@ -168,6 +169,27 @@ def evaluate_budget(anonymizer: nn.Module | None, budget: nn.Module, data: Itera
         else:
             v1, v2 = batch["view1"], batch["view2"]
         result = budget_terms(budget, v1, v2, temperature=temperature, precision=precision)
+        n = v1.shape[0]
+        total_loss += float(result.loss) * n
+        total_acc += float(result.accuracy) * n
+        count += n
+    return {"loss": total_loss / count, "acc": total_acc / count}
+
+
+@torch.no_grad()
+def evaluate_attribute_budget(anonymizer: nn.Module | None, budget: nn.Module, data: Iterable, *, temperature: float,
+                              device: torch.device, precision: Precision) -> dict[str, float]:
+    """A supervised budget's BCE and mean attribute accuracy on fB(fA(views)) (temperature unused:
+    the signature of evaluate_budget); means weighted by chunk size."""
+    budget.eval()
+    if anonymizer is not None:
+        anonymizer.eval()
+    total_loss = total_acc = 0.0
+    count = 0
+    for batch in data:
+        batch = _to(batch, device)
+        v1, v2 = anonymize_views(anonymizer, batch, precision=precision) if anonymizer is not None else (batch["view1"], batch["view2"])
+        result = attribute_terms(budget, v1, v2, batch["labels"], precision=precision)
         n = v1.shape[0]
         total_loss += float(result.loss) * n
         total_acc += float(result.accuracy) * n
@@ -288,8 +310,8 @@ def budget_chunks(keys: list, size: int) -> list[list]:
     return chunks
 
 
-def _eval_view_loader(cfg: AnonymizationConfig, images: ImageSource):
-    ds = ImageViews(images, _augment(cfg))
+def _eval_view_loader(cfg: AnonymizationConfig, images: ImageSource, *, labels: bool = False):
+    ds = ImageViews(images, _augment(cfg), labels=labels)
     keys = eval_view_keys(len(images), seed=cfg.run.seed)
     chunks = budget_chunks(keys, cfg.eval.budget_batch)
     return loader(ds, batches=chunks, num_workers=cfg.run.num_workers)
@@ -429,7 +451,11 @@ def load_init_models(cfg: AnonymizationConfig, num_classes: int) -> tuple[Minima
                 f"utility checkpoint {path} (init.utility) classifies {held} classes; the action set has {num_classes}"
             )
     path = cfg.init_path("budget")
-    if path is None:
+    if cfg.budget.task == "attributes":
+        # A supervised budget has no self-supervised init: every member starts from its own seed.
+        specs["budget"] = {"name": cfg.model.budget, "num_classes": len(VISPR_ATTRIBUTES)}
+        budget = seeded_budget(specs["budget"], budget_seed(cfg, 0, 0), kind="target")
+    elif path is None:
         budget, specs["budget"] = fresh_budget(cfg)
     else:
         budget, specs["budget"] = load_stored_model(path, "budget", config_key="init.budget")
@@ -438,8 +464,13 @@ def load_init_models(cfg: AnonymizationConfig, num_classes: int) -> tuple[Minima
     ensemble = []
     for k in range(1, cfg.budget.ensemble):
         specs[member_key(k)] = specs["budget"]
-        ensemble.append(seeded_budget(specs["budget"], budget_seed(cfg, k, 0)))
+        ensemble.append(seeded_budget(specs["budget"], budget_seed(cfg, k, 0), kind=budget_kind(cfg)))
     return MinimaxModels(anonymizer, utility, embedding, budget, ensemble), specs
+
+
+def budget_kind(cfg: AnonymizationConfig) -> str:
+    """Stored-model kind of the budget members: NT-Xent embedders ('budget') or attribute classifiers ('target')."""
+    return "target" if cfg.budget.task == "attributes" else "budget"
 
 
 def budget_seed(cfg: AnonymizationConfig, member: int, start: int) -> int:
@@ -447,17 +478,18 @@ def budget_seed(cfg: AnonymizationConfig, member: int, start: int) -> int:
     return sample_seed(cfg.run.seed, STREAM_BUDGET_INIT, member, start)
 
 
-def seeded_budget(spec: dict, seed: int) -> nn.Module:
-    """fB of ``spec``'s architecture with random init drawn from ``seed`` (the global RNG is left as it was)."""
+def seeded_budget(spec: dict, seed: int, *, kind: str = "budget") -> nn.Module:
+    """fB of ``spec``'s architecture (a 'budget' embedder or a 'target' attribute classifier) with random
+    init drawn from ``seed`` (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_budget(**spec)
+        return build_target(**spec) if kind == "target" else build_budget(**spec)
 
 
 def loss_weights(cfg: AnonymizationConfig) -> LossWeights:
     lo = cfg.loss
     return LossWeights(method=lo.method, omega=lo.omega, margin=lo.margin, invariance_temperature=lo.invariance_temperature,
-                       temperature=lo.temperature, w_t=lo.w_t, w_b=lo.w_b, privacy=lo.privacy)
+                       temperature=lo.temperature, w_t=lo.w_t, w_b=lo.w_b, privacy=lo.privacy, budget_task=cfg.budget.task)
 
 
 def selection_score(rule: str, metrics: dict[str, float], initial: dict[str, float], max_drop: float) -> float:
@@ -517,7 +549,7 @@ class MinimaxTask(Task):
         self.action_ds = ActionClips(self.train_videos, _augment(cfg), clip_len=cfg.clip.clip_len, skip=cfg.clip.skip,
                                      triplet=self.weights.temporal, negative_distance=cfg.loss.negative_distance,
                                      negative_min_gap=cfg.loss.negative_min_gap)
-        self.image_ds = ImageViews(self.images_train, _augment(cfg))
+        self.image_ds = ImageViews(self.images_train, _augment(cfg), labels=cfg.budget.task == "attributes")
         if len(self.images_train) < o.image_batch_size:
             raise StageDataError(f"{len(self.images_train)} privacy train image(s) cannot fill a batch of {o.image_batch_size}")
         self.steps = _steps(cfg, len(self.train_videos), o.batch_size, per_step=2)
@@ -535,7 +567,7 @@ class MinimaxTask(Task):
         self._starts = [{key: v.detach().clone() for key, v in m.state_dict().items()} for m in self.net.budgets]
         self.restarts = BudgetRestarts(cfg.budget.restart_every, cfg.budget.restart_from, self._member_start)
         self.val_loader, self.n_val = _eval_clip_loader(cfg, val)
-        self.view_loader = _eval_view_loader(cfg, images_val)
+        self.view_loader = _eval_view_loader(cfg, images_val, labels=cfg.budget.task == "attributes")
         self.grid = _grid_images(cfg, images_val)
         self.probe = AttackerProbe(cfg, ctx, precision) if cfg.fresh_attacker.enabled else None
         self.initial: dict[str, float] = {}
@@ -543,14 +575,14 @@ class MinimaxTask(Task):
     def _member_start(self, k: int, r: int) -> dict[str, torch.Tensor]:
         if r == 0:
             return self._starts[k]
-        return seeded_budget(self.specs[member_key(k)], budget_seed(self.cfg, k, r)).state_dict()
+        return seeded_budget(self.specs[member_key(k)], budget_seed(self.cfg, k, r), kind=budget_kind(self.cfg)).state_dict()
 
     def _budget_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt[member_key(k)] for k in range(len(self.net.budgets))]
 
     def models(self) -> dict[str, StoredModel]:
-        # Every budget member is stored as a budget record ('budget', 'budget_1', ...).
-        kind = lambda key: "budget" if key.startswith("budget") else key  # noqa: E731
+        # Every budget member is stored under its kind ('budget', 'budget_1', ... as budget or target records).
+        kind = lambda key: budget_kind(self.cfg) if key.startswith("budget") else key  # noqa: E731
         return {k: StoredModel(kind(k), self.specs[k], m) for k, m in self.net.as_dict().items()}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -594,8 +626,9 @@ class MinimaxTask(Task):
     def validate(self, epoch: int) -> dict[str, float]:
         action = evaluate_action(self.net.anonymizer, self.net.utility, self.val_loader, num_videos=self.n_val,
                                  device=self.device, precision=self.precision)
-        budgets = [evaluate_budget(self.net.anonymizer, m, self.view_loader, temperature=self.cfg.loss.temperature,
-                                   device=self.device, precision=self.precision) for m in self.net.budgets]
+        evaluate = evaluate_attribute_budget if self.cfg.budget.task == "attributes" else evaluate_budget
+        budgets = [evaluate(self.net.anonymizer, m, self.view_loader, temperature=self.cfg.loss.temperature,
+                            device=self.device, precision=self.precision) for m in self.net.budgets]
         save_grid(self.net.anonymizer, self.grid, self.ctx, epoch, precision=self.precision)
         # Over an ensemble the strongest member speaks for privacy (one member: its own values).
         out = {"action_top1": action["top1"], "budget_loss": min(b["loss"] for b in budgets),
@@ -615,7 +648,7 @@ class MinimaxTask(Task):
                "max_action_drop": drop,
                "within_margin": selected["val_action_top1"] >= self.initial["action_top1"] - drop - 1e-9,
                "privacy_objective": self.cfg.loss.privacy,
-               "budget": {"ensemble": b.ensemble, "restart_every": b.restart_every, "restart_from": b.restart_from,
+               "budget": {"task": b.task, "ensemble": b.ensemble, "restart_every": b.restart_every, "restart_from": b.restart_from,
                           "restarts": (self.epochs * self.steps - 1) // b.restart_every if b.restart_every else 0}}
         if self.probe is not None:
             out["fresh_attacker"] = self.probe.describe()

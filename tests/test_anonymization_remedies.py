@@ -30,8 +30,9 @@ from anonymization_training.train import selection_rule, selection_score
 from aux_code.checkpoint import load_checkpoint
 from aux_code.config import ConfigError, load_config
 from aux_code.fit import Stepper
-from aux_code.losses.contrastive import similarity_certainty, similarity_logits
-from aux_code.models import build_anonymizer, build_budget, build_embedding_head, build_utility
+from aux_code.losses.contrastive import attribute_certainty, similarity_certainty, similarity_logits
+from aux_code.models import build_anonymizer, build_budget, build_embedding_head, build_target, build_utility
+from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
 
 from tests.tiny import ANONYMIZATION_CONFIGS as CONFIGS, ANONYMIZATION_FAST as FAST
@@ -249,6 +250,67 @@ def test_anonymizer_step_makes_the_budget_worse(privacy, seed=0):
     assert leak() < before
 
 
+# --------------------------------------------------------------------------- the supervised (attribute) budget
+
+
+def test_attribute_certainty_is_bounded_zero_at_one_half_and_pulls_logits_to_zero():
+    for scale in (1.0, 1e3, 1e8):
+        logits = scale * torch.randn(6, 7, generator=torch.Generator().manual_seed(0))
+        c = float(attribute_certainty(logits))
+        assert 0.0 <= c <= 1.0 and math.isfinite(c)
+    assert float(attribute_certainty(torch.zeros(4, 7))) == pytest.approx(0.0, abs=1e-7)
+    assert float(attribute_certainty(torch.full((4, 7), -60.0))) == pytest.approx(1.0, abs=1e-6)
+    logits = torch.tensor([[2.0, -3.0, 0.5]], requires_grad=True)
+    attribute_certainty(logits).backward()
+    assert (torch.sign(-logits.grad) == -torch.sign(logits.detach())).all()  # descent moves every logit towards 0
+
+
+def _attribute_images(seed: int = 4) -> dict:
+    _, images = _batches(seed)
+    g = torch.Generator().manual_seed(seed)
+    return {**images, "labels": (torch.rand(6, 3, generator=g) < 0.5).float()}
+
+
+def test_attribute_budget_learns_the_labels_and_fa_makes_it_unsure():
+    torch.manual_seed(0)
+    members = [build_target(name="resnet_tiny", num_classes=3)]
+    models = _minimax(members)
+    weights = LossWeights(method="spact", privacy="entropy", budget_task="attributes")
+    action, images = _batches(5)
+    images = _attribute_images()
+    opt_t = torch.optim.Adam([*models.utility.parameters(), *models.embedding.parameters()], lr=1e-3)
+    opt_b = torch.optim.Adam(members[0].parameters(), lr=1e-2)
+    first = adversary_step(models, opt_t, opt_b, action, images, weights=weights, stepper=_stepper(1))
+    for step in range(2, 12):
+        last = adversary_step(models, opt_t, opt_b, action, images, weights=weights, stepper=_stepper(step))
+    assert last["L_B"] < first["L_B"]  # Step 2 fits the attributes (BCE) on the labelled views
+
+    def certainty() -> float:
+        models.anonymizer.train()
+        members[0].eval()
+        with torch.no_grad():
+            v1, v2 = anonymize_views(models.anonymizer, images, precision=FP32)
+            return float(attribute_certainty(members[0](torch.cat([v1, v2]))))
+
+    before = certainty()
+    opt_a = torch.optim.SGD(models.anonymizer.parameters(), lr=0.01)
+    out = anonymizer_step(models, opt_a, action, images, weights=dataclasses.replace(weights, w_t=0.0), stepper=_stepper(12))
+    assert out["privacy"] == pytest.approx(before, rel=1e-4) and certainty() < before
+    with pytest.raises(ValueError, match="labels"):
+        anonymizer_step(models, opt_a, action, _batches(5)[1], weights=weights, stepper=_stepper(13))
+
+
+def test_attribute_budget_end_to_end(init_runs, tiny_world):
+    rc = main(["--config", str(CONFIGS / "tedspad_attributes.yaml"), *paths_args(tiny_world, init_runs), *FAST,
+               "run.name=attributes", "fresh_attacker.enabled=false", "eval.select=action_top1", "loss.negative_distance=8"])
+    assert rc == 0
+    run_dir = init_runs / "anonymization" / "attributes"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["budget"]["task"] == "attributes" and 0.0 <= results["selected"]["budget_acc"] <= 1.0
+    budget, spec = load_stored_model(run_dir / "best.pt", "budget")
+    assert spec["num_classes"] == 7 and budget(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
 # --------------------------------------------------------------------------- the fresh attacker
 
 
@@ -362,10 +424,12 @@ def test_selection_uses_the_fresh_attacker_not_the_fooled_budget():
     ("budget.restart_every=-5", "budget.restart_every"),
     ("eval.select=attacker_tradeoff", "fresh_attacker.enabled"),
     ("fresh_attacker.validation_fraction=1.0", "fresh_attacker.validation_fraction"),
+    ("budget.task=attributes", "loss.privacy"),
+    ("budget.task=attributes loss.privacy=entropy", "eval.select"),
 ])
 def test_bad_remedy_settings_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(AnonymizationConfig, CONFIGS / "tedspad.yaml", [override])
+        load_config(AnonymizationConfig, CONFIGS / "tedspad.yaml", override.split())
 
 
 def test_bad_remedy_settings_stop_the_cli_before_work(tmp_path, capsys):
@@ -395,7 +459,7 @@ def test_remedies_end_to_end(init_runs, tiny_world):
     assert rc == 0
     run_dir = init_runs / "anonymization" / "remedies"
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["budget"] == {"ensemble": 2, "restart_every": 1, "restart_from": "init", "restarts": 3}
+    assert results["budget"] == {"task": "ntxent", "ensemble": 2, "restart_every": 1, "restart_from": "init", "restarts": 3}
     assert results["privacy_objective"] == "entropy" and "fresh-attacker cMAP" in results["selection"]["rule"]
     assert results["fresh_attacker"]["seconds_per_probe"] > 0
     ckpt = load_checkpoint(run_dir / "last.pt")

@@ -16,6 +16,7 @@ __all__ = [
     "NTXentResult",
     "nt_xent",
     "nt_xent_from_logits",
+    "attribute_certainty",
     "similarity_certainty",
     "similarity_logits",
     "temporal_distinctive_triplet",
@@ -137,3 +138,19 @@ def utility_loss(
     ce = F.cross_entropy(logits, labels)
     weighted = omega * temporal if temporal is not None else torch.zeros_like(ce)
     return ce + weighted, {"ce": ce, "temporal": weighted}
+
+
+def attribute_certainty(logits: torch.Tensor) -> torch.Tensor:
+    """The bounded privacy loss against an attribute classifier: 1 - mean binary entropy / log 2.
+
+    ``logits``: (N, A) the budget's attribute logits. Each sigmoid is the budget's belief that an
+    attribute is present; its binary entropy is at most log 2 (at probability 1/2, logit 0). The
+    result lies in [0, 1] whatever the logits' scale and is 0 exactly when every prediction is
+    1/2 (BDQ's "maximise the budget's entropy" with binary attributes).
+    """
+    if logits.ndim != 2 or logits.numel() == 0:
+        raise ValueError(f"attribute_certainty: expected (N, A) logits, got {tuple(logits.shape)}")
+    p = torch.sigmoid(logits)
+    # -p log p - (1 - p) log(1 - p) written with logsigmoid: finite for any logit.
+    entropy = -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
+    return 1.0 - entropy.mean() / math.log(2.0)

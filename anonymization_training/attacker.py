@@ -11,7 +11,11 @@ stage 2's question on validation data, cheaply enough to ask it every few epochs
 2. a small CNN (:class:`TinyAttacker`), freshly initialised, trains ``steps`` Adam steps of
    multi-label BCE on the anonymized attacker-train images and their attribute labels;
 3. its cMAP on the anonymized attacker-validation images is the score (``chance``: the cMAP of
-   constant scores, i.e. the mean positive rate of the scored attributes).
+   constant scores, i.e. the mean positive rate of the scored attributes). With several attackers
+   (seeds ``seed, seed + 1, ...``) the score is the worst case, their max: one attacker can fail to
+   learn an attribute that is still there (on the default world one seed scored a TeD-SPAD epoch
+   54.2 where three others scored 67.9-70.1, its social-relationship AP 32.6 against about 96),
+   and a selection that keeps the lowest of many single-attacker scores picks exactly such failures.
 
 Everything random in a probe (the CNN's init, batches, augmentation) comes from its own seed
 inside a forked RNG, so probing at a validation changes nothing in the training that follows.
@@ -22,6 +26,7 @@ Layouts: images (N, 3, H, W) float in [0, 1]; labels (N, A) float 0/1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -148,16 +153,22 @@ def attacker_scores(model: nn.Module, images: torch.Tensor, *, batch: int = 512)
 
 
 def fresh_attacker_probe(train_images: torch.Tensor, train_labels: torch.Tensor, val_images: torch.Tensor,
-                         val_labels: torch.Tensor, settings: AttackerSettings) -> dict[str, float]:
-    """Train a fresh attacker on (already anonymized) train images, score it on the validation images.
+                         val_labels: torch.Tensor, settings: AttackerSettings, *, attackers: int = 1) -> dict[str, float]:
+    """Train ``attackers`` fresh attackers (seeds settings.seed + r) on (already anonymized) train
+    images, score each on the validation images.
 
-    Returns {"cmap": validation cMAP, "chance": cMAP of constant scores on the same labels,
-    "seconds": wall time of training + scoring}. Attributes without a positive in the validation
-    labels are left out of both (as aux_code.metrics.cmap does)."""
+    Returns {"cmap": the worst case (max) validation cMAP over the attackers, "cmap_mean": their mean,
+    "chance": cMAP of constant scores on the same labels, "seconds": wall time of training + scoring}.
+    Attributes without a positive in the validation labels are left out (as aux_code.metrics.cmap does)."""
+    if attackers < 1:
+        raise ValueError(f"fresh_attacker_probe: attackers = {attackers} must be >= 1")
     started = time.perf_counter()
-    model = train_attacker(train_images, train_labels.to(train_images.device), settings)
     targets = val_labels.cpu().numpy().astype(np.int64)
-    scores = attacker_scores(model, val_images.to(train_images.device))
-    result = cmap(targets, scores)
-    chance = cmap(targets, np.zeros_like(scores)).cmap
-    return {"cmap": result.cmap, "chance": chance, "seconds": time.perf_counter() - started}
+    scores = []
+    for r in range(attackers):
+        model = train_attacker(train_images, train_labels.to(train_images.device),
+                               dataclasses.replace(settings, seed=settings.seed + r))
+        scores.append(cmap(targets, attacker_scores(model, val_images.to(train_images.device))).cmap)
+    chance = cmap(targets, np.zeros((targets.shape[0], targets.shape[1]))).cmap
+    return {"cmap": max(scores), "cmap_mean": float(np.mean(scores)), "chance": chance,
+            "seconds": time.perf_counter() - started}

@@ -153,10 +153,12 @@ class BudgetSection:
         "ntxent",
         "What the budget models learn in Step 2: 'ntxent' = SPAct's self-supervised NT-Xent between two views (no "
         "labels; the paper); 'attributes' = the privacy attributes from the privacy-train labels (BCE on both views; "
-        "Wu et al.'s supervised budget): the members are then fresh classifiers of model.budget's target "
-        "architecture, each from its own seeded init (init.budget is not read), fA's privacy term is the bounded "
-        "attribute certainty 1 - mean binary entropy / log 2 (needs loss.privacy = entropy), and validation reports "
-        "budget_loss (BCE) and budget_acc (mean attribute accuracy) of the strongest member.",
+        "Wu et al.'s supervised budget): the members are classifiers of model.budget's target architecture; task "
+        "budget_ssl then pretrains one on the raw privacy-train images (BCE; configs budget_attributes.yaml), the "
+        "minimax starts fB from init.budget (such a checkpoint; null: a seeded fresh one) and the further members "
+        "from their own seeds, fA's privacy term is the bounded attribute certainty 1 - mean binary entropy / log 2 "
+        "(needs loss.privacy = entropy), and validation reports budget_loss (BCE) and budget_acc (mean attribute "
+        "accuracy) of the strongest member.",
     )
     ensemble: int = opt(
         1,
@@ -190,6 +192,12 @@ class FreshAttackerSection:
     validation_fraction: float = shared("validation_fraction", 0.3)
     validation_seed: int = shared("validation_seed", 0)
     crop_scale: float = shared("crop_scale", 1.0)
+    attackers: int = opt(
+        3,
+        "Fresh attackers per probe (seeds differ); val_attacker_cmap is their worst case (max), val_attacker_cmap_mean "
+        "their mean. One attacker sometimes fails to learn an attribute that is still there, and selecting the "
+        "lowest of many such scores selects those failures.",
+    )
     steps: int = opt(300, "Adam steps of each fresh attacker.")
     batch_size: int = opt(64, "Images per attacker step.")
     lr: float = opt(3e-3, "Attacker Adam learning rate.")
@@ -292,13 +300,13 @@ class AnonymizationConfig:
              f"budget.restart_every = {b.restart_every} must be >= 1 (steps between budget restarts) or null (never)"),
             (0.0 < fa.validation_fraction < 1.0, f"fresh_attacker.validation_fraction = {fa.validation_fraction} must be in (0, 1)"),
             (0.0 < fa.crop_scale <= 1.0, f"fresh_attacker.crop_scale = {fa.crop_scale} must be in (0, 1]"),
-            (fa.steps >= 1 and fa.batch_size >= 2 and fa.width >= 1 and fa.lr > 0,
-             f"fresh_attacker.steps = {fa.steps}, batch_size = {fa.batch_size}, width = {fa.width} and lr = {fa.lr} "
-             "must be >= 1, >= 2, >= 1 and > 0"),
-            (b.task != "attributes" or lo.privacy == "entropy",
+            (fa.steps >= 1 and fa.batch_size >= 2 and fa.width >= 1 and fa.lr > 0 and fa.attackers >= 1,
+             f"fresh_attacker.steps = {fa.steps}, batch_size = {fa.batch_size}, width = {fa.width}, lr = {fa.lr} and "
+             f"attackers = {fa.attackers} must be >= 1, >= 2, >= 1, > 0 and >= 1"),
+            (self.task != "minimax" or b.task != "attributes" or lo.privacy == "entropy",
              "budget.task = attributes has no negated-NT-Xent objective: set loss.privacy = entropy (the bounded "
              "attribute certainty)"),
-            (b.task != "attributes" or e.select in ("attacker_tradeoff", "action_top1"),
+            (self.task != "minimax" or b.task != "attributes" or e.select in ("attacker_tradeoff", "action_top1"),
              f"eval.select = {e.select} reads the NT-Xent accuracy of the budget; with budget.task = attributes select "
              "by attacker_tradeoff or action_top1"),
             (e.select != "attacker_tradeoff" or fa.enabled,

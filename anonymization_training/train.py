@@ -245,16 +245,17 @@ class SingleModelTask(Task):
 
     def __init__(self, cfg: AnonymizationConfig, ctx: RunContext, *, key: str, model: nn.Module, spec: dict,
                  selection: Selection, batches: Callable[[int], Sized], loss: Callable[[dict, int], dict[str, torch.Tensor]],
-                 validate: Callable[[int], dict[str, float]], final: Callable[[nn.Module], dict] | None = None) -> None:
+                 validate: Callable[[int], dict[str, float]], final: Callable[[nn.Module], dict] | None = None,
+                 kind: str | None = None) -> None:
         self.name, self.epochs, self.eval_every, self.selection = cfg.task, cfg.optim.epochs, cfg.eval.every, selection
-        self.key, self.spec, self.device = key, spec, ctx.device
+        self.key, self.kind, self.spec, self.device = key, kind or key, spec, ctx.device
         self.model = model.to(ctx.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.schedule = Schedule(cfg.schedule, lr=cfg.optim.lr, optimizers=[self.optimizer], mode=selection.mode)
         self._batches, self._loss, self._validate, self._final = batches, loss, validate, final
 
     def models(self) -> dict[str, StoredModel]:
-        return {self.key: StoredModel(self.key, self.spec, self.model)}
+        return {self.key: StoredModel(self.kind, self.spec, self.model)}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {self.key: self.optimizer}
@@ -399,6 +400,8 @@ def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precis
     d = cfg.data
     p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_validation_fraction, val_seed=d.privacy_validation_seed)
     images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
+    if cfg.budget.task == "attributes":
+        return _task_attribute_budget(cfg, ctx, precision, images_train, images_val)
     model, spec = fresh_budget(cfg)
     ds = ImageViews(images_train, _augment(cfg))
     steps = _steps(cfg, len(images_train), cfg.optim.image_batch_size)
@@ -418,6 +421,37 @@ def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precis
 
     return SingleModelTask(cfg, ctx, key="budget", model=model, spec=spec, batches=batches, loss=loss, validate=validate,
                            selection=Selection("loss", "min", "min validation NT-Xent loss (privacy val images)"))
+
+
+def attribute_budget_spec(cfg: AnonymizationConfig) -> dict:
+    return {"name": cfg.model.budget, "num_classes": len(VISPR_ATTRIBUTES)}
+
+
+def _task_attribute_budget(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision, images_train: ImageSource,
+                           images_val: ImageSource) -> Task:
+    """budget_ssl with budget.task = attributes: the supervised budget (an attribute classifier of
+    model.budget's target architecture) pretrained with BCE on both views of the raw privacy-train images."""
+    spec = attribute_budget_spec(cfg)
+    model = build_target(**spec)
+    ds = ImageViews(images_train, _augment(cfg), labels=True)
+    steps = _steps(cfg, len(images_train), cfg.optim.image_batch_size)
+    val_loader = _eval_view_loader(cfg, images_val, labels=True)
+
+    def batches(epoch: int):
+        keys = epoch_batches(len(images_train), batch_size=cfg.optim.image_batch_size, num_batches=steps,
+                             seed=cfg.run.seed, stream=STREAM_PRIVACY, epoch=epoch)
+        return loader(ds, batches=keys, num_workers=cfg.run.num_workers)
+
+    def loss(batch: dict, step: int) -> dict:
+        result = attribute_terms(model, batch["view1"], batch["view2"], batch["labels"], precision=precision)
+        return {"loss": result.loss, "acc": result.accuracy.detach()}
+
+    def validate(epoch: int) -> dict:
+        return evaluate_attribute_budget(None, model, val_loader, temperature=cfg.loss.temperature, device=ctx.device,
+                                         precision=precision)
+
+    return SingleModelTask(cfg, ctx, key="budget", kind="target", model=model, spec=spec, batches=batches, loss=loss,
+                           validate=validate, selection=Selection("loss", "min", "min validation attribute BCE (privacy val images)"))
 
 
 def _grid_images(cfg: AnonymizationConfig, images: ImageSource) -> torch.Tensor:
@@ -451,10 +485,16 @@ def load_init_models(cfg: AnonymizationConfig, num_classes: int) -> tuple[Minima
                 f"utility checkpoint {path} (init.utility) classifies {held} classes; the action set has {num_classes}"
             )
     path = cfg.init_path("budget")
-    if cfg.budget.task == "attributes":
-        # A supervised budget has no self-supervised init: every member starts from its own seed.
-        specs["budget"] = {"name": cfg.model.budget, "num_classes": len(VISPR_ATTRIBUTES)}
+    if cfg.budget.task == "attributes" and path is None:
+        specs["budget"] = attribute_budget_spec(cfg)
         budget = seeded_budget(specs["budget"], budget_seed(cfg, 0, 0), kind="target")
+    elif cfg.budget.task == "attributes":
+        budget, specs["budget"] = load_stored_model(path, "budget", config_key="init.budget")
+        if specs["budget"].get("num_classes") != len(VISPR_ATTRIBUTES):
+            raise CheckpointError(
+                f"init.budget {path} holds no attribute classifier (spec {specs['budget']}); budget.task = attributes "
+                f"starts from a budget_ssl run with budget.task = attributes (configs/synthetic/anonymization/"
+                f"budget_attributes.yaml) or from a seeded fresh one (init.budget = null)")
     elif path is None:
         budget, specs["budget"] = fresh_budget(cfg)
     else:
@@ -520,8 +560,9 @@ def selection_rule(cfg: AnonymizationConfig) -> str:
         "budget_acc": "min validation budget NT-Xent accuracy (privacy val images; the budget model fA trained against)",
         "tradeoff": f"max (action top-1 - budget NT-Xent accuracy) among epochs with {margin}; outside: -1 - budget accuracy",
         "attacker_tradeoff": (
-            f"max (action top-1 - fresh-attacker cMAP) among epochs with {margin}; outside: -1 - cMAP. The attacker: a "
-            f"fresh TinyAttacker (width {fa.width}) trained {fa.steps} Adam steps on fA's privacy-train images with their "
+            f"max (action top-1 - fresh-attacker cMAP) among epochs with {margin}; outside: -1 - cMAP. The cMAP: the worst "
+            f"case (max) over {fa.attackers} fresh TinyAttacker(s) (width {fa.width}, own seeds) trained {fa.steps} Adam "
+            f"steps each on fA's privacy-train images with their "
             f"attribute labels, cMAP on a held-out {fa.validation_fraction} of the privacy train list (seed "
             f"{fa.validation_seed}; the privacy test split is never used); the budget model's accuracy plays no part"
         ),
@@ -658,8 +699,8 @@ class MinimaxTask(Task):
 class AttackerProbe:
     """The fresh-attacker probe of the minimax's validation (anonymization_training.attacker) on
     two carves of the privacy *train* list (``fresh_attacker.validation_fraction``): called with
-    fA, it returns {"attacker_cmap", "attacker_chance", "attacker_time_s", "output_ssim",
-    "output_psnr"} (SSIM / PSNR of fA's 8-bit output to its input on the attacker-validation images;
+    fA, it returns {"attacker_cmap" (the max over fresh_attacker.attackers), "attacker_cmap_mean",
+    "attacker_chance", "attacker_time_s", "output_ssim", "output_psnr"} (SSIM / PSNR of fA's 8-bit output to its input on the attacker-validation images;
     PSNR of their mean squared error, 100 dB when identical)."""
 
     def __init__(self, cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> None:
@@ -683,6 +724,7 @@ class AttackerProbe:
         self.reference = anonymize_images(None, self.val_images, device=self.device, precision=precision)
         self.settings = AttackerSettings(steps=fa.steps, batch_size=fa.batch_size, lr=fa.lr, width=fa.width,
                                          seed=sample_seed(cfg.run.seed, STREAM_ATTACKER))
+        self.attackers = fa.attackers
         self.seconds: list[float] = []
         _log(ctx, f"fresh attacker: {len(train)} train / {len(val)} validation images of the privacy train list")
 
@@ -690,10 +732,10 @@ class AttackerProbe:
         started = time.perf_counter()
         train = anonymize_images(anonymizer, self.train_images, device=self.device, precision=self.precision)
         val = anonymize_images(anonymizer, self.val_images, device=self.device, precision=self.precision)
-        result = fresh_attacker_probe(train, self.train_labels, val, self.val_labels, self.settings)
+        result = fresh_attacker_probe(train, self.train_labels, val, self.val_labels, self.settings, attackers=self.attackers)
         mse = float((val - self.reference).double().pow(2).mean())
         out = {
-            "attacker_cmap": result["cmap"], "attacker_chance": result["chance"],
+            "attacker_cmap": result["cmap"], "attacker_cmap_mean": result["cmap_mean"], "attacker_chance": result["chance"],
             "output_ssim": float(ssim(self.reference, val).mean()),
             "output_psnr": 10.0 * math.log10(1.0 / max(mse, 1e-10)),
         }
@@ -704,7 +746,7 @@ class AttackerProbe:
     def describe(self) -> dict:
         s = self.settings
         return {"train_images": int(self.train_images.shape[0]), "validation_images": int(self.val_images.shape[0]),
-                "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "width": s.width,
+                "attackers": self.attackers, "steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "width": s.width,
                 "seconds_per_probe": sum(self.seconds) / len(self.seconds) if self.seconds else None}
 
 

@@ -300,15 +300,21 @@ def test_attribute_budget_learns_the_labels_and_fa_makes_it_unsure():
         anonymizer_step(models, opt_a, action, _batches(5)[1], weights=weights, stepper=_stepper(13))
 
 
-def test_attribute_budget_end_to_end(init_runs, tiny_world):
-    rc = main(["--config", str(CONFIGS / "tedspad_attributes.yaml"), *paths_args(tiny_world, init_runs), *FAST,
-               "run.name=attributes", "fresh_attacker.enabled=false", "eval.select=action_top1", "loss.negative_distance=8"])
-    assert rc == 0
+def test_attribute_budget_end_to_end(init_runs, tiny_world, capsys):
+    """budget_ssl pretrains the attribute classifier; the minimax starts fB from it (an NT-Xent budget is refused)."""
+    where = [*paths_args(tiny_world, init_runs), *FAST]
+    assert main(["--config", str(CONFIGS / "budget_attributes.yaml"), *where]) == 0
+    pretrained, spec = load_stored_model(init_runs / "anonymization" / "budget_attributes" / "best.pt", "budget")
+    assert spec["num_classes"] == 7 and pretrained(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+    minimax = ["--config", str(CONFIGS / "tedspad_attributes.yaml"), *where, "fresh_attacker.enabled=false",
+               "eval.select=action_top1", "loss.negative_distance=8"]
+    assert main([*minimax, "run.name=attributes_wrong_init", "init.budget=anonymization/budget/best.pt"]) == 2
+    assert "holds no attribute classifier" in capsys.readouterr().err
+    assert main([*minimax, "run.name=attributes"]) == 0
     run_dir = init_runs / "anonymization" / "attributes"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["budget"]["task"] == "attributes" and 0.0 <= results["selected"]["budget_acc"] <= 1.0
-    budget, spec = load_stored_model(run_dir / "best.pt", "budget")
-    assert spec["num_classes"] == 7 and budget(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+    assert load_checkpoint(run_dir / "best.pt")["models"]["budget"]["kind"] == "target"
 
 
 # --------------------------------------------------------------------------- the fresh attacker
@@ -378,6 +384,16 @@ def test_fresh_attacker_reads_raw_and_identity_and_nothing_from_a_constant():
     assert identity["cmap"] == pytest.approx(raw["cmap"], abs=1e-9)  # the same images, the same attacker
     assert constant["cmap"] == pytest.approx(constant["chance"], abs=0.02)
     assert constant["chance"] == pytest.approx(raw["chance"]) and 0.2 < raw["chance"] < 0.6
+
+
+def test_several_attackers_give_their_worst_case():
+    x, y = _attribute_world(96, 5)
+    quick = dataclasses.replace(SETTINGS, steps=15, seed=7)
+    single = [fresh_attacker_probe(x[:64], y[:64], x[64:], y[64:], dataclasses.replace(quick, seed=7 + r))["cmap"]
+              for r in range(3)]
+    both = fresh_attacker_probe(x[:64], y[:64], x[64:], y[64:], quick, attackers=3)
+    assert len(set(single)) > 1  # the seeds do differ
+    assert both["cmap"] == max(single) and both["cmap_mean"] == pytest.approx(sum(single) / 3)
 
 
 def test_probe_leaves_the_global_rng_alone():
@@ -454,7 +470,7 @@ def test_remedies_end_to_end(init_runs, tiny_world):
     """Ensemble of 2 with a restart before step 2, the entropy objective, the attacker selecting over 2 epochs."""
     rc = main(["--config", str(CONFIGS / "tedspad_ens.yaml"), *paths_args(tiny_world, init_runs), *FAST,
                "run.name=remedies", "optim.epochs=2", "eval.every=1", "budget.ensemble=2", "budget.restart_every=1",
-               "loss.privacy=entropy", "fresh_attacker.steps=20", "fresh_attacker.batch_size=4",
+               "loss.privacy=entropy", "fresh_attacker.steps=20", "fresh_attacker.batch_size=4", "fresh_attacker.attackers=1",
                "fresh_attacker.validation_fraction=0.4", "loss.negative_distance=8"])
     assert rc == 0
     run_dir = init_runs / "anonymization" / "remedies"

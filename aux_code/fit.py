@@ -33,6 +33,7 @@ from torch import nn
 
 from aux_code.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, load_state_dict_strict
 from aux_code.config import experiment_hash, to_dict
+from aux_code.datasets import DatasetError, dataset_digests
 from aux_code.models.stored import pack_model
 from aux_code.precision import Precision
 from aux_code.runtime import all_reduce_mean
@@ -170,7 +171,31 @@ def _means(records: list[Mapping[str, float]], distributed: bool) -> dict[str, f
     return {k: float(v) for k, v in zip(keys, means)}
 
 
-def _checkpoint(task: Task, stepper: Stepper, history: list[dict], cfg: Any) -> dict:
+def dataset_files(cfg: Any) -> dict[str, dict[str, str]]:
+    """``{paths key: {file relative to the root: digest}}`` of the list / annotation / label files of
+    every dataset root the run's config requires (aux_code.datasets.dataset_digests)."""
+    keys = cfg.required_paths() if hasattr(cfg, "required_paths") and hasattr(cfg, "paths") else []
+    out = {}
+    for key in keys:
+        try:
+            out[key] = dataset_digests(key, getattr(cfg.paths, key))
+        except (DatasetError, OSError):
+            continue  # the stage's own reader reports a broken root, with its own message
+    return out
+
+
+def _changed_files(before: Mapping[str, Mapping[str, str]], now: Mapping[str, Mapping[str, str]]) -> list[str]:
+    out = []
+    for key in sorted(set(before) | set(now)):
+        old, new = before.get(key, {}), now.get(key, {})
+        for f in sorted(set(old) | set(new)):
+            if old.get(f) != new.get(f):
+                state = "removed" if f not in new else "added" if f not in old else "changed"
+                out.append(f"paths.{key}/{f} ({state})")
+    return out
+
+
+def _checkpoint(task: Task, stepper: Stepper, history: list[dict], cfg: Any, files: Mapping[str, Any]) -> dict:
     return {
         "models": {k: pack_model(m.kind, m.spec, m.module) for k, m in task.models().items()},
         "optimizers": {k: o.state_dict() for k, o in task.optimizers().items()},
@@ -180,6 +205,7 @@ def _checkpoint(task: Task, stepper: Stepper, history: list[dict], cfg: Any) -> 
         "history": history,
         "config": to_dict(cfg),
         "task": task.name,
+        "dataset_files": dict(files),
     }
 
 
@@ -192,7 +218,7 @@ def load_models(task: Task, state: Mapping[str, Any], *, source: str) -> None:
         load_state_dict_strict(m.module, held[key]["state_dict"], source=f"{source} [models][{key}]")
 
 
-def _resume(task: Task, stepper: Stepper, ctx: RunContext) -> tuple[int, list[dict]]:
+def _resume(task: Task, stepper: Stepper, ctx: RunContext, files: Mapping[str, Any]) -> tuple[int, list[dict]]:
     state = ctx.resume_or_none()
     if state is None:
         return 0, []
@@ -200,6 +226,12 @@ def _resume(task: Task, stepper: Stepper, ctx: RunContext) -> tuple[int, list[di
     if state.get("task") != task.name:
         raise CheckpointError(f"{source} was written by task {state.get('task')!r}, not {task.name!r}; "
                               "use another run.name or run.resume=false")
+    # Epochs trained on other labels than the ones the run would finish with are no result of either.
+    changed = _changed_files(state.get("dataset_files", files), files)
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise CheckpointError(f"{source}: dataset files changed since the run started: {shown}; its epochs so far "
+                              "were trained on the old ones: use another run.name or run.resume=false")
     task.load_task_state(state.get("task_state", {}))
     load_models(task, state, source=source)
     for k, opt in task.optimizers().items():
@@ -233,7 +265,8 @@ def fit(task: Task, ctx: RunContext, *, cfg: Any, stage: str, precision: Precisi
     stepper = Stepper(precision, stage=stage)
     if task.selection is not None:
         ctx.best.mode = task.selection.mode
-    start_epoch, history = _resume(task, stepper, ctx)
+    files = dataset_files(cfg)
+    start_epoch, history = _resume(task, stepper, ctx, files)
     if start_epoch == 0 and not history:
         task.start()
     for epoch in range(start_epoch, task.epochs):
@@ -258,7 +291,7 @@ def fit(task: Task, ctx: RunContext, *, cfg: Any, stage: str, precision: Precisi
         record["epoch_time_s"] = time.perf_counter() - started
         history.append(record)
         ctx.logger.log(epoch + 1, record, phase="epoch")
-        ctx.save(_checkpoint(task, stepper, history, cfg), epoch=epoch + 1, metric=value)
+        ctx.save(_checkpoint(task, stepper, history, cfg, files), epoch=epoch + 1, metric=value)
         if ctx.dist.is_main and value is not None:
             own_score = type(task).score is not Task.score  # else val_selection_score repeats the metric
             shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith(("val_", "train_loss"))

@@ -110,6 +110,7 @@ class MetricLogger:
         self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            drop_partial_last_line(self.path)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -137,6 +138,17 @@ class MetricLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def drop_partial_last_line(path: Path) -> None:
+    """Cut a JSONL file back to its last newline: a write cut off by a kill or a full disk leaves a
+    partial record, which the next append would fuse with its own line into one unreadable line."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

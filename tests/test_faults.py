@@ -623,3 +623,35 @@ def test_stage4_killed_at_every_checkpoint_write_reports_the_uninterrupted_selec
         resumed = json.loads((fake / "anomaly" / f"kill{k}" / "results.json").read_text())
         assert (resumed["selection"], resumed["test"]) == (straight["selection"], straight["test"]), (k, target)
         assert checkpoint_epoch(fake / "anomaly" / f"kill{k}" / "best.pt") == resumed["selection"]["epoch"], (k, target)
+
+
+def test_a_run_resumed_by_hand_after_its_dataset_files_changed_is_refused(tiny_world_copy, tmp_path, monkeypatch, capsys):
+    """Item 3 for the stages the driver does not guard: a stage-2 run resumed by hand after the
+    privacy labels changed would finish on other labels than its first epochs saw."""
+    from privacy_training.__main__ import main as privacy_main
+
+    monkeypatch.setenv("TEDSPAD_PATHS", str(write_paths_file(tmp_path / "root", tiny_world_copy)))
+    args = ["--config", str(PROJECT_ROOT / "configs/synthetic/privacy/default.yaml"), "clip.resolution=32",
+            "optim.batch_size=8", "data.anonymize_batch=16", "schedule.warmup_epochs=1", "run.name=labels"]
+    assert privacy_main([*args, "optim.epochs=1"]) == 0
+    boxes = tiny_world_copy / "VISPR" / "person_boxes_train2017.json"
+    boxes.write_text(json.dumps(json.loads(boxes.read_text()), indent=1))  # same boxes, another file
+    capsys.readouterr()
+    assert privacy_main([*args, "optim.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    _one_error_line(err, "dataset files changed since the run started", "paths.vispr/person_boxes_train2017.json (changed)", "run.name")
+    # unchanged files resume as before
+    assert privacy_main([*args, "optim.epochs=2", "run.name=labels2"]) == 0
+    assert privacy_main([*args, "optim.epochs=3", "run.name=labels2"]) == 0
+
+
+def test_a_partial_metrics_line_from_a_full_disk_is_dropped_when_the_run_resumes(tmp_path):
+    from aux_code.runtime import MetricLogger, read_metrics
+
+    logger = MetricLogger(tmp_path, tensorboard=False)
+    logger.log(1, {"loss": 1.0})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"time": 1, "phase": "train", "st')  # the write a full disk cut off
+    resumed = MetricLogger(tmp_path, tensorboard=False)
+    resumed.log(2, {"loss": 0.5})
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1.0), (2, 0.5)]

@@ -74,8 +74,18 @@ class DataSection:
 class ModelSection:
     """Architectures and where fresh models get their weights (used when no init checkpoint is given)."""
 
-    anonymizer: str = opt("unet", "fA: 'unet' (17.27 M), 'unet_tiny', or 'identity'.")
-    anonymizer_width: Optional[int] = opt(None, "UNet base width override (null: the name's default, 64 / 4).")
+    anonymizer: str = opt(
+        "unet",
+        "fA: 'unet' (17.27 M), 'unet_tiny', 'bq' (BDQ's learnable Gaussian blur + K-level quantizer, K parameters; it "
+        "can only discard information, so it starts near the identity without an init: set init.anonymizer = null), "
+        "or 'identity'.",
+    )
+    anonymizer_width: Optional[int] = opt(None, "UNet base width override (null: the name's default, 64 / 4). Ignored by bq and identity.")
+    anonymizer_levels: int = opt(16, "bq only: quantization levels K (K - 1 learnable sorted thresholds); caps each pixel and channel at log2 K bits.")
+    anonymizer_temperature: float = opt(
+        50.0, "bq only: T of the soft staircase sum_k sigmoid(T (x - b_k)) fA trains through (eval mode uses the hard one).")
+    anonymizer_sigma_max: float = opt(
+        2.0, "bq only: largest blur sigma in pixels (> 0.5, the initial sigma); the kernel has 2 ceil(3 sigma_max) + 1 taps.")
     utility: str = opt("i3d_r50", "fT: 'i3d_r50', 'i3d_r50_tiny', 'i3d_inception', 'i3d_inception_tiny'.")
     utility_weights: Optional[str] = opt(
         None,
@@ -272,13 +282,17 @@ class AnonymizationConfig:
         return None if value is None else resolve_under(self.paths.runs, value)
 
     def validate(self) -> None:
-        d, o, lo, e, b, fa = self.data, self.optim, self.loss, self.eval, self.budget, self.fresh_attacker
+        d, m, o, lo, e, b, fa = self.data, self.model, self.optim, self.loss, self.eval, self.budget, self.fresh_attacker
         checks = [
             (0.0 < d.action_validation_fraction < 1.0, f"data.action_validation_fraction = {d.action_validation_fraction} must be in (0, 1): selection needs a validation split"),
             (0.0 < d.privacy_validation_fraction < 1.0, f"data.privacy_validation_fraction = {d.privacy_validation_fraction} must be in (0, 1)"),
             (len(d.train_crop_scale) == 2 and 0.0 < d.train_crop_scale[0] <= d.train_crop_scale[1] <= 1.0,
              f"data.train_crop_scale = {d.train_crop_scale} must be [low, high] with 0 < low <= high <= 1"),
             (d.frames_per_video >= 1, f"data.frames_per_video = {d.frames_per_video} must be >= 1"),
+            (m.anonymizer_levels >= 2, f"model.anonymizer_levels = {m.anonymizer_levels} must be >= 2"),
+            (m.anonymizer_temperature > 0, f"model.anonymizer_temperature = {m.anonymizer_temperature} must be > 0"),
+            (m.anonymizer_sigma_max > 0.5,
+             f"model.anonymizer_sigma_max = {m.anonymizer_sigma_max} must be > 0.5 (bq's initial blur sigma)"),
             (o.epochs >= 1, f"optim.epochs = {o.epochs} must be >= 1"),
             (o.batch_size >= 1, f"optim.batch_size = {o.batch_size} must be >= 1"),
             (o.image_batch_size >= 2, f"optim.image_batch_size = {o.image_batch_size} must be >= 2 (NT-Xent needs negatives)"),

@@ -77,9 +77,12 @@ STAGE = "anonymization"
 
 
 def fresh_anonymizer(cfg: AnonymizationConfig) -> tuple[nn.Module, dict]:
-    spec: dict[str, Any] = {"name": cfg.model.anonymizer}
-    if cfg.model.anonymizer_width is not None and cfg.model.anonymizer != "identity":
-        spec["width"] = cfg.model.anonymizer_width
+    m = cfg.model
+    spec: dict[str, Any] = {"name": m.anonymizer}
+    if m.anonymizer == "bq":
+        spec.update(levels=m.anonymizer_levels, temperature=m.anonymizer_temperature, sigma_max=m.anonymizer_sigma_max)
+    elif m.anonymizer_width is not None and m.anonymizer != "identity":
+        spec["width"] = m.anonymizer_width
     return build_anonymizer(**spec), spec
 
 
@@ -474,6 +477,11 @@ def load_init_models(cfg: AnonymizationConfig, num_classes: int) -> tuple[Minima
         anonymizer, specs["anonymizer"] = fresh_anonymizer(cfg)
     else:
         anonymizer, specs["anonymizer"] = load_stored_model(path, "anonymizer", config_key="init.anonymizer")
+        if cfg.model.anonymizer == "bq" and specs["anonymizer"].get("name") != "bq":
+            # Otherwise the run would silently train the init's UNet under a bq run's name.
+            raise CheckpointError(
+                f"init.anonymizer {path} holds a {specs['anonymizer'].get('name')!r} anonymizer, not model.anonymizer = bq; "
+                "bq starts near the identity by construction: set init.anonymizer = null")
     path = cfg.init_path("utility")
     if path is None:
         utility, specs["utility"] = fresh_utility(cfg, num_classes)

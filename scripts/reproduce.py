@@ -82,6 +82,10 @@ _ENTROPY = ("loss.privacy=entropy",)
 # budget.task=attributes, StageFiles.budget_attributes) and fA minimising its bounded certainty.
 ATTRIBUTE_BUDGET = "anonymization/budget_attributes/best.pt"
 _ATTRIBUTES = ("budget.task=attributes", "loss.privacy=entropy", "loss.w_b=2.0", f"init.budget={ATTRIBUTE_BUDGET}")
+# BDQ's blur + quantize fA (configs/synthetic/anonymization/tedspad_bq.yaml): built fresh, never
+# from the identity run's UNet, with an lr for its 16 parameters.
+_BQ = ("model.anonymizer=bq", "model.anonymizer_levels=16", "model.anonymizer_temperature=50.0",
+       "model.anonymizer_sigma_max=2.0", "init.anonymizer=null", "optim.lr_anonymizer=1.0e-2")
 LEARNED: dict[str, tuple[str, tuple[str, ...]]] = {
     "spact": ("SPAct (CE)", ("loss.method=spact",)),
     "tedspad": ("TeD-SPAD (CE + L_D)", ("loss.method=tedspad",)),
@@ -94,6 +98,8 @@ LEARNED: dict[str, tuple[str, tuple[str, ...]]] = {
     "spact_entropy": ("SPAct + entropy privacy term", ("loss.method=spact", *_SELECT, *_ENTROPY)),
     "tedspad_attributes": ("TeD-SPAD + supervised attribute budget", ("loss.method=tedspad", *_SELECT, *_ATTRIBUTES)),
     "spact_attributes": ("SPAct + supervised attribute budget", ("loss.method=spact", *_SELECT, *_ATTRIBUTES)),
+    "tedspad_bq": ("TeD-SPAD, blur + quantize fA", ("loss.method=tedspad", *_SELECT, *_BQ)),
+    "spact_bq": ("SPAct, blur + quantize fA", ("loss.method=spact", *_SELECT, *_BQ)),
 }
 # Giorgi et al.'s DP autoencoder (anonymization_training.dpae): one trade-off point per
 # (optimizer, noise multiplier); the config file is under StageFiles.dpae_dir.
@@ -171,7 +177,7 @@ class ReproduceConfig:
         ["raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad"],
         "Methods of the trade-off plot: raw, downsample2x, downsample4x, blur, blacken, face_blur, face_blacken, spact, "
         "tedspad, temporal_invariance, and the issue-14 remedies tedspad_select, spact_select, tedspad_ens, spact_ens, "
-        "tedspad_entropy, spact_entropy, tedspad_attributes, spact_attributes; Giorgi et al.'s DP autoencoder dpae_no_dp, dpae_adam_nm0.5, dpae_adam_nm1, "
+        "tedspad_entropy, spact_entropy, tedspad_attributes, spact_attributes, tedspad_bq, spact_bq; Giorgi et al.'s DP autoencoder dpae_no_dp, dpae_adam_nm0.5, dpae_adam_nm1, "
         "dpae_adagrad_nm1, dpae_sgd_nm1.",
     )
     attackers: list[str] = opt(

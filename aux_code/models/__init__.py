@@ -7,7 +7,7 @@ applies its own normalisation. MGFN lives in :mod:`aux_code.models.mgfn`.
 
 from __future__ import annotations
 
-from aux_code.models.anonymizer import IdentityAnonymizer, UNetAnonymizer, anonymize_clip
+from aux_code.models.anonymizer import BlurQuantizeAnonymizer, IdentityAnonymizer, UNetAnonymizer, anonymize_clip
 from aux_code.models.heads import EmbeddingHead
 from aux_code.models.i3d_inception import InceptionI3D
 from aux_code.models.i3d_resnet import I3DResNet
@@ -29,6 +29,7 @@ from aux_code.models.weights import (
 )
 
 __all__ = [
+    "BlurQuantizeAnonymizer",
     "IdentityAnonymizer",
     "UNetAnonymizer",
     "anonymize_clip",

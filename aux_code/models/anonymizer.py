@@ -1,8 +1,10 @@
-"""The anonymizer fA: a per-frame 2D UNet (SPAct / TeD-SPAD), and the identity.
+"""The anonymizer fA: a per-frame 2D UNet (SPAct / TeD-SPAD), blur + quantize (BDQ), the identity.
 
 Frames are RGB float in [0, 1], shape (N, 3, H, W); the UNet's output is in [0, 1] too
 (sigmoid), so an anonymized clip can go straight into any model that expects raw frames.
 No normalisation is applied: the UNet learns on [0, 1] directly, as in SPAct.
+:class:`BlurQuantizeAnonymizer` (registry name ``bq``) keeps the same contract with 16
+parameters and, unlike the UNet, can only remove information (see its docstring).
 
 Clips (B, C, T, H, W) go through :func:`anonymize_clip`, which folds time into the batch
 with a named rearrange. The public TeD-SPAD code reshaped (B, C, T, H, W) straight to
@@ -12,12 +14,14 @@ with a named rearrange. The public TeD-SPAD code reshaped (B, C, T, H, W) straig
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["DoubleConv", "UNetAnonymizer", "IdentityAnonymizer", "anonymize_clip"]
+__all__ = ["DoubleConv", "UNetAnonymizer", "BlurQuantizeAnonymizer", "IdentityAnonymizer", "anonymize_clip"]
 
 
 class DoubleConv(nn.Module):
@@ -114,6 +118,99 @@ class UNetAnonymizer(nn.Module):
         x = self.up3(x, x2)
         x = self.up4(x, x1)
         return torch.sigmoid(self.outc(x))
+
+
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+class BlurQuantizeAnonymizer(nn.Module):
+    """BDQ's blur and quantize (Kumawat & Nagahara, CVPR 2022) without its temporal difference:
+    (N, 3, H, W) in [0, 1] -> (N, 3, H, W) in [0, 1], each frame on its own.
+
+    1. Blur: a depthwise Gaussian (one sigma for all channels), separable, fixed kernel of
+       ``2 * ceil(3 * sigma_max) + 1`` taps, reflect padding. sigma = sigma_min + (sigma_max -
+       sigma_min) * sigmoid(sigma_logit): bounded like a clamp, but the bound never strands the
+       parameter with a zero gradient the way a hard clamp of a log-sigma would.
+    2. Quantize: ``q(x) = sum_k sigmoid(T * (x - b_k)) / (K - 1)`` over K - 1 thresholds
+       b_1 < ... < b_{K-1}, shared by the channels. The thresholds are cumulative sums of softplus
+       increments, so they stay sorted (q stays monotone) whatever an optimizer does to them.
+       In train mode q is this soft staircase (gradients reach the thresholds and the input); in
+       eval mode it is the hard staircase ``sum_k [x > b_k] / (K - 1)``, so what the later
+       stages (and the minimax's budget Step 2 and validation, which run fA in eval mode) see takes
+       at most K values per channel exactly.
+
+    At init sigma = ``sigma_init`` (0.5 px: a mild blur) and the thresholds sit at the midpoints
+    of K uniform levels, so the output is the input rounded to K levels (error <= 1 / (2 (K - 1))).
+
+    Why this family cannot learn the near-invertible remaps the UNet finds: every member is a
+    low-pass filter followed by a monotone per-channel staircase. The Gaussian's frequency
+    response exp(-2 pi^2 sigma^2 f^2) is below 1 at every non-zero frequency, and the staircase
+    maps each interval between thresholds to one value, so at most log2(K) bits per pixel and
+    channel survive (exactly, in eval mode). Nothing can mix or permute colours or re-encode
+    detail; the only moves are more blur and fewer or shifted levels, both of which discard
+    information. 1 + (K - 1) parameters.
+    """
+
+    def __init__(self, *, levels: int = 16, temperature: float = 50.0, sigma_init: float = 0.5,
+                 sigma_min: float = 0.1, sigma_max: float = 2.0):
+        super().__init__()
+        if levels < 2:
+            raise ValueError(f"BlurQuantizeAnonymizer: levels must be >= 2, got {levels}")
+        if temperature <= 0:
+            raise ValueError(f"BlurQuantizeAnonymizer: temperature must be > 0, got {temperature}")
+        if not 0 < sigma_min < sigma_init < sigma_max:
+            raise ValueError(f"BlurQuantizeAnonymizer: need 0 < sigma_min < sigma_init < sigma_max, got "
+                             f"{sigma_min}, {sigma_init}, {sigma_max}")
+        self.levels, self.temperature = levels, float(temperature)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.radius = math.ceil(3 * sigma_max)
+        fraction = (sigma_init - sigma_min) / (sigma_max - sigma_min)
+        self.sigma_logit = nn.Parameter(torch.tensor(math.log(fraction / (1 - fraction))))
+        step = 1.0 / (levels - 1)
+        increments = torch.full((levels - 1,), step)
+        increments[0] = step / 2
+        self.threshold_increments = nn.Parameter(_inverse_softplus(increments))
+        self.register_buffer("taps", torch.arange(-self.radius, self.radius + 1, dtype=torch.float32), persistent=False)
+
+    def sigma(self) -> torch.Tensor:
+        """The blur's standard deviation in pixels, a 0-dim tensor in [sigma_min, sigma_max]."""
+        return self.sigma_min + (self.sigma_max - self.sigma_min) * torch.sigmoid(self.sigma_logit)
+
+    def thresholds(self) -> torch.Tensor:
+        """(K - 1,) increasing quantization thresholds."""
+        return torch.cumsum(F.softplus(self.threshold_increments), dim=0)
+
+    def blur(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W), Gaussian of :meth:`sigma`, reflect padding."""
+        c, r = frames.shape[1], self.radius
+        if min(frames.shape[-2:]) <= r:
+            raise ValueError(f"BlurQuantizeAnonymizer: frames {tuple(frames.shape[-2:])} must be larger than the "
+                             f"blur radius {r} (sigma_max {self.sigma_max}) for reflect padding")
+        kernel = torch.exp(-0.5 * (self.taps / self.sigma()) ** 2)
+        kernel = (kernel / kernel.sum()).to(frames.dtype)
+        x = F.pad(frames, (r, r, r, r), mode="reflect")
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W) in [0, 1]: soft staircase in train mode, hard in eval mode."""
+        b = self.thresholds().to(x.dtype)
+        if not self.training:
+            # bucketize counts the thresholds strictly below x: sum_k [x > b_k], without a (K-1)-fold copy.
+            return torch.bucketize(x, b.detach()).to(x.dtype) / (self.levels - 1)
+        steps = torch.sigmoid(self.temperature * (x.unsqueeze(0) - b.view(-1, 1, 1, 1, 1)))
+        return steps.sum(dim=0) / (self.levels - 1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, 3, H, W) in [0, 1] (float32; autocast off: T * (x - b) needs the precision)."""
+        if frames.dim() != 4:
+            raise ValueError(
+                f"BlurQuantizeAnonymizer expects frames (N, C, H, W), got shape {tuple(frames.shape)}; "
+                "use anonymize_clip for clips (B, C, T, H, W)"
+            )
+        with torch.autocast(device_type=frames.device.type, enabled=False):
+            return self.quantize(self.blur(frames.float()))
 
 
 class IdentityAnonymizer(nn.Module):

@@ -10,7 +10,8 @@ resolves them against ``paths.weights``).
 =============  ========================================================================
 kind           names
 =============  ========================================================================
-anonymizer     ``unet`` (width 64, 17.27 M), ``unet_tiny`` (width 4), ``identity``
+anonymizer     ``unet`` (width 64, 17.27 M), ``unet_tiny`` (width 4), ``bq`` (blur + quantize,
+               16 levels, 16 parameters), ``identity``
 utility        ``i3d_r50``, ``i3d_r50_tiny`` (width 8, blocks 2-2-2-2, pytorchvideo stem,
                frame-difference input), ``i3d_inception``, ``i3d_inception_tiny``
                (width_mult 1/16)
@@ -28,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from aux_code.models.anonymizer import IdentityAnonymizer, UNetAnonymizer
+from aux_code.models.anonymizer import BlurQuantizeAnonymizer, IdentityAnonymizer, UNetAnonymizer
 from aux_code.models.heads import EmbeddingHead
 from aux_code.models.i3d_inception import InceptionI3D
 from aux_code.models.i3d_resnet import I3DResNet
@@ -60,6 +61,7 @@ __all__ = [
 ANONYMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "unet": (UNetAnonymizer, {"width": 64}),
     "unet_tiny": (UNetAnonymizer, {"width": 4}),
+    "bq": (BlurQuantizeAnonymizer, {"levels": 16}),
     "identity": (IdentityAnonymizer, {}),
 }
 UTILITIES: dict[str, tuple[type, dict[str, Any]]] = {

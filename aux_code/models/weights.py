@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from aux_code.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, strip_prefixes
-from aux_code.models.anonymizer import IdentityAnonymizer, UNetAnonymizer
+from aux_code.models.anonymizer import BlurQuantizeAnonymizer, IdentityAnonymizer, UNetAnonymizer
 from aux_code.models.i3d_inception import InceptionI3D
 from aux_code.models.i3d_resnet import I3DResNet, pytorchvideo_to_ours, resnet3d_to_ours
 from aux_code.models.resnet2d import BudgetModel, ResNet2d
@@ -470,13 +470,15 @@ def load_budget_weights(
 
 
 def load_anonymizer_weights(model: nn.Module, path: str | Path, *, key: str | None = None) -> LoadReport:
-    """Load a UNet anonymizer written by this project (identity init or minimax checkpoints)."""
+    """Load a UNet or blur-quantize anonymizer written by this project (identity init or minimax checkpoints)."""
     if isinstance(model, IdentityAnonymizer):
         raise CheckpointError(f"anonymizer weights {path}: the identity anonymizer has no parameters to load")
-    if not isinstance(model, UNetAnonymizer):
-        raise TypeError(f"load_anonymizer_weights: expected a UNetAnonymizer, got {type(model).__name__}")
+    if not isinstance(model, (UNetAnonymizer, BlurQuantizeAnonymizer)):
+        raise TypeError(f"load_anonymizer_weights: expected a UNetAnonymizer or BlurQuantizeAnonymizer, got {type(model).__name__}")
     sd, where = read_state_dict(path, what="anonymizer weights", key=key)
-    load_state_dict_strict(model, sd, source=where, expected_layout="this project's UNetAnonymizer names (inc.block.0, down1.conv.block.0, ..., outc)")
+    layout = ("this project's UNetAnonymizer names (inc.block.0, down1.conv.block.0, ..., outc)" if isinstance(model, UNetAnonymizer)
+              else "this project's BlurQuantizeAnonymizer (sigma_logit, threshold_increments)")
+    load_state_dict_strict(model, sd, source=where, expected_layout=layout)
     report = LoadReport(source=where, layout="ours", loaded=len(sd))
     log.info("anonymizer weights: %s", report.summary())
     return report

@@ -78,7 +78,7 @@ def test_near_identity_at_init(mode):
     x = _smooth()
     assert model.sigma().item() == pytest.approx(0.5, abs=1e-5)
     err = (model(x) - x).abs()
-    assert float(err.mean()) < 0.03 and float(err.max()) < 0.08
+    assert err.mean().item() < 0.03 and err.max().item() < 0.08
     # the thresholds are the midpoints of 16 uniform levels
     torch.testing.assert_close(model.thresholds(), (torch.arange(1, 16) - 0.5) / 15)
     # and eval mode is exactly the blurred input rounded to them

@@ -27,6 +27,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "dpae": ("anonymization_training.dpae.config", "DPAEStageConfig", "anonymization_training.dpae"),
     "camera": ("remote.config", "EncodeConfig", "remote.encode"),  # the DP-AE's remote split: camera side
     "server": ("remote.config", "ScoreConfig", "remote.score"),  # and server side
+    "two_stream": ("two_stream_detection.config", "TwoStreamConfig", "two_stream_detection"),  # the DP-AE paper's detector
     # Not a stage: the pipeline driver, configured the same way (configs/<...>/reproduce/).
     "reproduce": ("scripts.reproduce", "ReproduceConfig", "scripts.reproduce"),
 }

@@ -22,6 +22,7 @@ from aux_code.models import registry
 from aux_code.models.heads import MLPProbe
 from aux_code.models.luss_ae import build_luss_ae
 from aux_code.models.mgfn import build_mgfn
+from aux_code.models.two_stream import build_two_stream
 
 _BUILDERS = {
     "anonymizer": registry.build_anonymizer,
@@ -34,6 +35,7 @@ _BUILDERS = {
     "dpae_encoder": registry.build_dpae_encoder,  # the camera side
     "dpae_decoder": registry.build_dpae_decoder,  # the server side
     "luss_ae": build_luss_ae,
+    "two_stream": build_two_stream,  # the DP-AE paper's frame detector
 }
 
 

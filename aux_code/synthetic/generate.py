@@ -6,7 +6,9 @@ World layout (folder names are the defaults of ``PathsConfig``)::
                           ucfTrainTestlist/{classInd,trainlist0N,testlist0N}.txt
     <out>/VISPR/          {train,test}2017/<id>.jpg, {train,test}_labels.pkl
     <out>/UCF_Crime/      Videos/<Folder>/<name>_x264.mp4 (H.264, 30 fps), Anomaly_{Train,Test}.txt,
-                          Temporal_Anomaly_Annotation_for_Testing_Videos.txt
+                          Temporal_Anomaly_Annotation_for_Testing_Videos.txt,
+                          UCFCrime2Local/Txt annotations/<name>.txt (training videos' hard / soft
+                          anomaly frames, VATIC text; aux_code.synthetic.frame_annotations)
     <out>/XD_Violence/    {train,test}/<name>_label_<codes>.mp4 (H.264, 24 fps), annotations.txt
     <out>/ShanghaiTech/   {training,testing}/videos/<NN_MMM[M]>.avi (MPEG-4, 24 fps),
                           testing/test_frame_mask/<name>.npy, SH_{Train,Test}.txt
@@ -49,6 +51,7 @@ from .plan import (
     WorldPlan,
     plan_world,
 )
+from .frame_annotations import write_frame_annotations
 from .preview import write_preview
 from .render import render_action_clip, render_anomaly_video, render_image, shanghaitech_scene
 from .sizes import PRESETS, WorldSize, world_size
@@ -324,6 +327,8 @@ def generate_world(
         DATASET_DIRS["xd_violence"]: _xd_violence_files(plan, roots["xd_violence"]),
         DATASET_DIRS["shanghaitech"]: _shanghaitech_files(plan, roots["shanghaitech"]),
     }
+    # New files beside the rest (no existing file changes): made from synthetic_meta.json and boxes/.
+    write_frame_annotations(roots["ucf_crime"])
     for name in DATASET_DIRS.values():
         target = out / name
         if target.exists():

@@ -51,7 +51,6 @@ from .plan import (
     WorldPlan,
     plan_world,
 )
-from .frame_annotations import write_frame_annotations
 from .preview import write_preview
 from .render import render_action_clip, render_anomaly_video, render_image, shanghaitech_scene
 from .sizes import PRESETS, WorldSize, world_size
@@ -328,6 +327,9 @@ def generate_world(
         DATASET_DIRS["shanghaitech"]: _shanghaitech_files(plan, roots["shanghaitech"]),
     }
     # New files beside the rest (no existing file changes): made from synthetic_meta.json and boxes/.
+    # Imported here so that `python -m aux_code.synthetic.frame_annotations` finds its module unimported.
+    from .frame_annotations import write_frame_annotations
+
     write_frame_annotations(roots["ucf_crime"])
     for name in DATASET_DIRS.values():
         target = out / name

@@ -144,9 +144,11 @@ def video_frames(path: Path, indices: np.ndarray, spec: FrameSpec, *, anonymizer
         raise ValueError(f"{path}: sampled frame {int(indices.max())} but the video decodes to {len(frames)} frames")
     anon = _anonymized(frames, spec, anonymizer, boxes, torch.device(device))
     params = {"pyr_scale": 0.5, "iterations": 3, "poly_n": 5, "poly_sigma": 1.1, **spec.flow_params}
-    flow = np.stack([flow_to_image(farneback_flow(anon[max(i - 1, 0)], anon[i] if i > 0 else anon[1], **params),
-                                   bound=spec.flow_bound) for i in indices.tolist()]) if indices.size else \
-        np.zeros((0, *anon.shape[1:]), np.uint8)
+    flow = np.zeros((indices.size, *anon.shape[1:]), np.uint8)
+    for j, i in enumerate(indices.tolist()):
+        # Frame 0 has no predecessor: it takes the motion towards frame 1.
+        prev, nxt = (anon[i - 1], anon[i]) if i > 0 else (anon[0], anon[1])
+        flow[j] = flow_to_image(farneback_flow(prev, nxt, **params), bound=spec.flow_bound)
     if spec.bag is None:
         bag = np.zeros((indices.size, 0), np.float32)
     else:

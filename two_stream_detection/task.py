@@ -244,8 +244,13 @@ class TwoStreamTask(Task):
 
     def validate(self, epoch: int) -> dict[str, float]:
         r = self.evaluate(self.val_set)
-        self.val_history.append(r["fl_auc"])
+        self.val_history.append(r["fl_auc"] if math.isfinite(r["fl_auc"]) else 0.0)
         return {"fl_auc": r["fl_auc"], "vl_f1": r["vl_f1"]}
+
+    def score(self, metrics: Mapping[str, float]) -> float:
+        # An undefined AUC (one class among the validation frames) must not be taken for the best epoch.
+        v = float(metrics["fl_auc"])
+        return v if math.isfinite(v) else 0.0
 
     def should_stop(self) -> bool:
         h, p = self.val_history, self.cfg.patience

@@ -15,6 +15,7 @@ Order (every check that needs no decoding comes first):
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def _anonymizer(cfg: TwoStreamConfig, device):
 
 def run(cfg: TwoStreamConfig) -> dict:
     """The stage; returns results.json's dict."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("two_stream_detection runs as a single process (its candidate batches are not sharded); "
+                          "launch it without torchrun")
     adapter, train, val, test = split_videos(cfg)
     annotations = UCFCrime2Local(cfg.paths.ucf_crime, folder=cfg.data.annotations)
     from aux_code.video import probe

@@ -154,9 +154,11 @@ def evaluate_action(anonymizer: nn.Module | None, utility: nn.Module, data: Iter
 
 
 @torch.no_grad()
-def evaluate_budget(anonymizer: nn.Module | None, budget: nn.Module, data: Iterable, *, temperature: float,
+def evaluate_budget(anonymizer: nn.Module | None, budget: nn.Module, data: Iterable, *, task: str, temperature: float,
                     device: torch.device, precision: Precision) -> dict[str, float]:
-    """NT-Xent loss and accuracy of fB(fA(views)) over fixed chunks; means weighted by chunk size."""
+    """fB's loss and accuracy on fB(fA(views)) over fixed chunks, means weighted by chunk size:
+    NT-Xent agreement for ``task`` "ntxent", BCE and mean attribute accuracy for "attributes"
+    (budget.task; the chunks then carry labels)."""
     budget.eval()
     if anonymizer is not None:
         anonymizer.eval()
@@ -164,35 +166,17 @@ def evaluate_budget(anonymizer: nn.Module | None, budget: nn.Module, data: Itera
     count = 0
     for batch in data:
         batch = _to(batch, device)
-        if batch["view1"].shape[0] < 2:
+        if task == "ntxent" and batch["view1"].shape[0] < 2:
             # _eval_view_loader folds a 1-image tail into the chunk before it; never drop one silently.
             raise ValueError("evaluate_budget: a chunk of 1 image has no NT-Xent negatives; chunks need >= 2 images")
         if anonymizer is not None:
             v1, v2 = anonymize_views(anonymizer, batch, precision=precision)
         else:
             v1, v2 = batch["view1"], batch["view2"]
-        result = budget_terms(budget, v1, v2, temperature=temperature, precision=precision)
-        n = v1.shape[0]
-        total_loss += float(result.loss) * n
-        total_acc += float(result.accuracy) * n
-        count += n
-    return {"loss": total_loss / count, "acc": total_acc / count}
-
-
-@torch.no_grad()
-def evaluate_attribute_budget(anonymizer: nn.Module | None, budget: nn.Module, data: Iterable, *, temperature: float,
-                              device: torch.device, precision: Precision) -> dict[str, float]:
-    """A supervised budget's BCE and mean attribute accuracy on fB(fA(views)) (temperature unused:
-    the signature of evaluate_budget); means weighted by chunk size."""
-    budget.eval()
-    if anonymizer is not None:
-        anonymizer.eval()
-    total_loss = total_acc = 0.0
-    count = 0
-    for batch in data:
-        batch = _to(batch, device)
-        v1, v2 = anonymize_views(anonymizer, batch, precision=precision) if anonymizer is not None else (batch["view1"], batch["view2"])
-        result = attribute_terms(budget, v1, v2, batch["labels"], precision=precision)
+        if task == "attributes":
+            result = attribute_terms(budget, v1, v2, batch["labels"], precision=precision)
+        else:
+            result = budget_terms(budget, v1, v2, temperature=temperature, precision=precision)
         n = v1.shape[0]
         total_loss += float(result.loss) * n
         total_acc += float(result.accuracy) * n
@@ -420,7 +404,8 @@ def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precis
         return {"loss": result.loss, "acc": result.accuracy.detach()}
 
     def validate(epoch: int) -> dict:
-        return evaluate_budget(None, model, val_loader, temperature=cfg.loss.temperature, device=ctx.device, precision=precision)
+        return evaluate_budget(None, model, val_loader, task="ntxent", temperature=cfg.loss.temperature, device=ctx.device,
+                               precision=precision)
 
     return SingleModelTask(cfg, ctx, key="budget", model=model, spec=spec, batches=batches, loss=loss, validate=validate,
                            selection=Selection("loss", "min", "min validation NT-Xent loss (privacy val images)"))
@@ -450,8 +435,8 @@ def _task_attribute_budget(cfg: AnonymizationConfig, ctx: RunContext, precision:
         return {"loss": result.loss, "acc": result.accuracy.detach()}
 
     def validate(epoch: int) -> dict:
-        return evaluate_attribute_budget(None, model, val_loader, temperature=cfg.loss.temperature, device=ctx.device,
-                                         precision=precision)
+        return evaluate_budget(None, model, val_loader, task="attributes", temperature=cfg.loss.temperature, device=ctx.device,
+                               precision=precision)
 
     return SingleModelTask(cfg, ctx, key="budget", kind="target", model=model, spec=spec, batches=batches, loss=loss,
                            validate=validate, selection=Selection("loss", "min", "min validation attribute BCE (privacy val images)"))
@@ -675,9 +660,9 @@ class MinimaxTask(Task):
     def validate(self, epoch: int) -> dict[str, float]:
         action = evaluate_action(self.net.anonymizer, self.net.utility, self.val_loader, num_videos=self.n_val,
                                  device=self.device, precision=self.precision)
-        evaluate = evaluate_attribute_budget if self.cfg.budget.task == "attributes" else evaluate_budget
-        budgets = [evaluate(self.net.anonymizer, m, self.view_loader, temperature=self.cfg.loss.temperature,
-                            device=self.device, precision=self.precision) for m in self.net.budgets]
+        budgets = [evaluate_budget(self.net.anonymizer, m, self.view_loader, task=self.cfg.budget.task,
+                                   temperature=self.cfg.loss.temperature, device=self.device, precision=self.precision)
+                   for m in self.net.budgets]
         save_grid(self.net.anonymizer, self.grid, self.ctx, epoch, precision=self.precision)
         # Over an ensemble the strongest member speaks for privacy (one member: its own values).
         out = {"action_top1": action["top1"], "budget_loss": min(b["loss"] for b in budgets),

@@ -28,8 +28,9 @@ import numpy as np
 from aux_code.checkpoint import atomic_write_text
 from aux_code.runtime import read_metrics
 
-COLUMNS = (("action_top1", "action top-1", 100.0), ("budget_acc", "budget acc.", 100.0),
-           ("attacker_cmap", "fresh attacker cMAP", 100.0), ("output_ssim", "SSIM", 1.0), ("output_psnr", "PSNR dB", 1.0))
+# (metrics key without "val_", column label, format): fractions are shown as percentages.
+COLUMNS = (("action_top1", "action top-1", "{:.1%}"), ("budget_acc", "budget acc.", "{:.1%}"),
+           ("attacker_cmap", "fresh attacker cMAP", "{:.1%}"), ("output_ssim", "SSIM", "{:.3f}"), ("output_psnr", "PSNR dB", "{:.2f}"))
 
 
 class DiagnosisError(RuntimeError):
@@ -49,9 +50,9 @@ def run_rows(run_dir: Path) -> tuple[list[dict], int, float | None]:
     return rows, selected, chance
 
 
-def _cell(record: dict, key: str, scale: float) -> str:
+def _cell(record: dict, key: str, fmt: str) -> str:
     value = record.get(f"val_{key}")
-    return "" if value is None else f"{value * scale:.1f}" if scale != 1.0 else f"{value:.3f}" if key == "output_ssim" else f"{value:.2f}"
+    return "" if value is None else fmt.format(value).rstrip("%")
 
 
 def table(name: str, rows: Sequence[dict], selected: int, chance: float | None) -> str:

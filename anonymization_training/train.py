@@ -384,15 +384,22 @@ def task_identity(cfg: AnonymizationConfig, ctx: RunContext, precision: Precisio
 
 
 def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision) -> Task:
+    """fB's init on two views of the raw privacy-train images: NT-Xent (the paper's self-supervised
+    budget) or, with budget.task = attributes, BCE of an attribute classifier of model.budget's
+    target architecture (the supervised budget)."""
     d = cfg.data
     p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_validation_fraction, val_seed=d.privacy_validation_seed)
     images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
-    if cfg.budget.task == "attributes":
-        return _task_attribute_budget(cfg, ctx, precision, images_train, images_val)
-    model, spec = fresh_budget(cfg)
-    ds = ImageViews(images_train, _augment(cfg))
+    task = cfg.budget.task
+    supervised = task == "attributes"
+    if supervised:
+        spec = attribute_budget_spec(cfg)
+        model = build_target(**spec)
+    else:
+        model, spec = fresh_budget(cfg)
+    ds = ImageViews(images_train, _augment(cfg), labels=supervised)
     steps = _steps(cfg, len(images_train), cfg.optim.image_batch_size)
-    val_loader = _eval_view_loader(cfg, images_val)
+    val_loader = _eval_view_loader(cfg, images_val, labels=supervised)
 
     def batches(epoch: int):
         keys = epoch_batches(len(images_train), batch_size=cfg.optim.image_batch_size, num_batches=steps,
@@ -400,46 +407,23 @@ def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precis
         return loader(ds, batches=keys, num_workers=cfg.run.num_workers)
 
     def loss(batch: dict, step: int) -> dict:
-        result = budget_terms(model, batch["view1"], batch["view2"], temperature=cfg.loss.temperature, precision=precision)
+        if supervised:
+            result = attribute_terms(model, batch["view1"], batch["view2"], batch["labels"], precision=precision)
+        else:
+            result = budget_terms(model, batch["view1"], batch["view2"], temperature=cfg.loss.temperature, precision=precision)
         return {"loss": result.loss, "acc": result.accuracy.detach()}
 
     def validate(epoch: int) -> dict:
-        return evaluate_budget(None, model, val_loader, task="ntxent", temperature=cfg.loss.temperature, device=ctx.device,
+        return evaluate_budget(None, model, val_loader, task=task, temperature=cfg.loss.temperature, device=ctx.device,
                                precision=precision)
 
-    return SingleModelTask(cfg, ctx, key="budget", model=model, spec=spec, batches=batches, loss=loss, validate=validate,
-                           selection=Selection("loss", "min", "min validation NT-Xent loss (privacy val images)"))
+    rule = "min validation attribute BCE (privacy val images)" if supervised else "min validation NT-Xent loss (privacy val images)"
+    return SingleModelTask(cfg, ctx, key="budget", kind=budget_kind(cfg), model=model, spec=spec, batches=batches, loss=loss,
+                           validate=validate, selection=Selection("loss", "min", rule))
 
 
 def attribute_budget_spec(cfg: AnonymizationConfig) -> dict:
     return {"name": cfg.model.budget, "num_classes": len(VISPR_ATTRIBUTES)}
-
-
-def _task_attribute_budget(cfg: AnonymizationConfig, ctx: RunContext, precision: Precision, images_train: ImageSource,
-                           images_val: ImageSource) -> Task:
-    """budget_ssl with budget.task = attributes: the supervised budget (an attribute classifier of
-    model.budget's target architecture) pretrained with BCE on both views of the raw privacy-train images."""
-    spec = attribute_budget_spec(cfg)
-    model = build_target(**spec)
-    ds = ImageViews(images_train, _augment(cfg), labels=True)
-    steps = _steps(cfg, len(images_train), cfg.optim.image_batch_size)
-    val_loader = _eval_view_loader(cfg, images_val, labels=True)
-
-    def batches(epoch: int):
-        keys = epoch_batches(len(images_train), batch_size=cfg.optim.image_batch_size, num_batches=steps,
-                             seed=cfg.run.seed, stream=STREAM_PRIVACY, epoch=epoch)
-        return loader(ds, batches=keys, num_workers=cfg.run.num_workers)
-
-    def loss(batch: dict, step: int) -> dict:
-        result = attribute_terms(model, batch["view1"], batch["view2"], batch["labels"], precision=precision)
-        return {"loss": result.loss, "acc": result.accuracy.detach()}
-
-    def validate(epoch: int) -> dict:
-        return evaluate_budget(None, model, val_loader, task="attributes", temperature=cfg.loss.temperature, device=ctx.device,
-                               precision=precision)
-
-    return SingleModelTask(cfg, ctx, key="budget", kind="target", model=model, spec=spec, batches=batches, loss=loss,
-                           validate=validate, selection=Selection("loss", "min", "min validation attribute BCE (privacy val images)"))
 
 
 def _grid_images(cfg: AnonymizationConfig, images: ImageSource) -> torch.Tensor:

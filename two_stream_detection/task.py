@@ -33,6 +33,7 @@ from aux_code.datasets.ucf_crime2local import HARD, SOFT
 from aux_code.fit import Selection, Stepper, StoredModel, Task
 from aux_code.metrics import frame_auc, sigmoidal_anomaly_score, video_level_f1
 from aux_code.models.two_stream import TwoStreamDetector
+from aux_code.segments import expand_clip_scores
 from aux_code.two_stream import candidate_batches, mine_hard_batch, weighted_bce
 from two_stream_detection.data import FrameSet
 
@@ -87,7 +88,7 @@ def frame_loss(logits: torch.Tensor, kind: torch.Tensor, cfg: TwoStreamTaskConfi
 
 def expand_scores(scores: np.ndarray, stride: int, num_frames: int) -> np.ndarray:
     """Scores of frames 0, s, 2s, ... (K,) -> one per frame (num_frames,), each standing for the s frames it starts."""
-    out = np.repeat(np.asarray(scores, dtype=np.float64), stride)[:num_frames]
+    out = expand_clip_scores(scores, clip_span=stride)[:num_frames]
     if out.size < num_frames:  # fewer scored frames than the video has: the last score carries on
         out = np.concatenate([out, np.full(num_frames - out.size, out[-1] if out.size else 0.0)])
     return out

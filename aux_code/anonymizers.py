@@ -34,11 +34,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from aux_code.checkpoint import file_digest
@@ -57,6 +58,7 @@ __all__ = [
     "blur_boxes",
     "blacken_boxes",
     "box_mask",
+    "anonymized_grey_frames",
 ]
 
 Method = Literal["raw", "unet", "downsample", "blur", "blacken", "dpae", "face_blur", "face_blacken"]
@@ -437,3 +439,49 @@ def build_frame_anonymizer(
         p.requires_grad_(False)
     return FrameAnonymizer(section, model.to(device), description, detector=detector)
 
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the weights of PIL's "L" conversion the grey releases were made with
+
+
+@torch.no_grad()
+def anonymized_grey_frames(
+    frames: Iterable[np.ndarray], anonymizer: FrameAnonymizer, size: tuple[int, int], *,
+    boxes: Sequence[np.ndarray] | None = None, device: torch.device | str = "cpu", chunk: int = 32,
+) -> Iterator[np.ndarray]:
+    """RGB uint8 ``(h, w, 3)`` frames -> float32 ``size`` = (H, W) grey frames in [-1, 1], anonymized.
+
+    What a grey-input detector (LUSS-AE) sees of an anonymized camera: the method's boxes edited at
+    the original resolution (``boxes``: one (n, 4) array per frame, for box methods), a bilinear
+    antialiased resize to ``size``, the method's model at that size, luma, then 8-bit rounding, as
+    the grey releases store frames. Streams ``chunk`` frames at a time (memory flat in length).
+    """
+    h, w = size
+    buffer: list[np.ndarray] = []
+    seen = 0
+
+    def flush() -> Iterator[np.ndarray]:
+        nonlocal seen
+        x = rearrange(torch.from_numpy(np.stack(buffer)), "n h w c -> n c h w").to(device).float().div_(255.0)
+        if anonymizer.needs_boxes:
+            if boxes is None or len(boxes) < seen + len(buffer):
+                raise ValueError(f"anonymizer method {anonymizer.method!r} needs {anonymizer.box_kind} boxes for "
+                                 f"frames {seen}-{seen + len(buffer) - 1}; got {0 if boxes is None else len(boxes)} box lists")
+            x = anonymizer.apply_boxes(x, boxes[seen:seen + len(buffer)])
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        x = anonymizer.model(x.clamp(0.0, 1.0)).clamp(0.0, 1.0)
+        grey = torch.einsum("nchw,c->nhw", x, torch.tensor(LUMA, device=x.device, dtype=x.dtype))
+        grey = (grey * 255.0).round_().div_(127.5).sub_(1.0)
+        seen += len(buffer)
+        buffer.clear()
+        yield from grey.cpu().numpy().astype(np.float32)
+
+    for f in frames:
+        if f.ndim != 3 or f.shape[2] != 3:
+            raise ValueError(f"expected RGB frames (h, w, 3), got shape {f.shape} at frame {seen + len(buffer)}")
+        buffer.append(f)
+        if len(buffer) == chunk:
+            yield from flush()
+    if buffer:
+        yield from flush()

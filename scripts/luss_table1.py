@@ -51,20 +51,25 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def run_one(config: Path, dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
-    name = f"table1_{dataset}_{variant}_s{seed}"
-    a1, a2, a3 = PAPER_ALPHAS[dataset]
-    variant_args = [x.format(a1=a1, a2=a2, a3=a3) for x in VARIANTS[variant]]
-    args = ["--config", str(config), f"run.seed={seed}", f"run.name={name}", *variant_args, *extra]
+def run_luss(config: Path, name: str, overrides: list[str], *, driver: str = "luss_table1") -> dict:
+    """One ``python -m anomaly_detection.luss`` run named ``name``; a run folder holding results.json is
+    reused as it is (delete the folder to train it again). Returns its results.json."""
+    args = ["--config", str(config), f"run.name={name}", *overrides]
     cfg = load_config(LussConfig, config, args[2:])
     results = Path(cfg.paths.runs) / "luss" / name / "results.json"
-    if results.is_file():  # a finished run is reused as it is (delete its folder to train it again)
-        print(f"[luss_table1] reusing {results}", flush=True)
+    if results.is_file():
+        print(f"[{driver}] reusing {results}", flush=True)
         return json.loads(results.read_text())
     status = luss_main(args)
     if status != 0:
         raise SystemExit(f"run {name} failed with status {status}")
     return json.loads(results.read_text())
+
+
+def run_one(config: Path, dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
+    a1, a2, a3 = PAPER_ALPHAS[dataset]
+    variant_args = [x.format(a1=a1, a2=a2, a3=a3) for x in VARIANTS[variant]]
+    return run_luss(config, f"table1_{dataset}_{variant}_s{seed}", [f"run.seed={seed}", *variant_args, *extra])
 
 
 def main(argv: list[str] | None = None) -> int:

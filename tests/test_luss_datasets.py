@@ -113,3 +113,47 @@ def test_shanghaitech_bad_inputs(copy):
     (masks / f"{first.name}.npy").unlink()
     with pytest.raises(DatasetError, match=f"test video {first.name} has no frame mask"):
         ShanghaiTechUnsupervised(root).videos("test")
+
+
+@pytest.mark.parametrize("key", list(ADAPTERS))
+def test_color_frames_match_the_grey_ones(world, key):
+    """The anonymizers' RGB view of a video is the same video: its luma is the grey stream (JPEG's
+    own grey decoding may differ by one level)."""
+    from aux_code.datasets.unsupervised import to_grey
+
+    video = ADAPTERS[key](world / DIRS[key]).videos("test")[0]
+    color, grey = list(video.frames(color=True)), list(video.frames())
+    assert len(color) == len(grey) == video.num_frames
+    assert color[0].shape == (48, 64, 3) and color[0].dtype == np.uint8
+    diff = max(int(np.abs(to_grey(c).astype(int) - g.astype(int)).max()) for c, g in zip(color, grey))
+    assert diff <= 1
+
+
+def test_person_boxes_cover_everything_that_moves(world):
+    """Ped2's analogue (lossless .tif): outside the union of a training video's person boxes the
+    pixels never change (fixed camera), inside they do; one box list per frame."""
+    adapter = Ped2(world / "UCSDped2")
+    video = adapter.videos("train")[0]
+    boxes = adapter.person_boxes(video)
+    assert len(boxes) == video.num_frames and all(b.shape[1] == 4 for b in boxes)
+    from aux_code.anonymizers import box_mask
+
+    inside = box_mask(boxes, 48, 64).any(0)[0].numpy()
+    frames = np.stack(list(video.frames())).astype(int)
+    moving = (frames != frames[0]).any(0)
+    assert inside.any() and moving[inside].any()
+    assert not moving[~inside].any()
+
+
+def test_person_boxes_missing_or_short(copy):
+    root = copy("avenue")
+    adapter = Avenue(root)
+    video = adapter.videos("test")[1]
+    boxes = json.loads((root / "person_boxes.json").read_text())
+    boxes["test"][video.name] = boxes["test"][video.name][:-1]
+    (root / "person_boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(DatasetError, match=f"boxes for 39 frames of test video {video.name}, which has 40"):
+        adapter.person_boxes(video)
+    (root / "person_boxes.json").unlink()
+    with pytest.raises(DatasetError, match="no ground-truth person boxes .* anonymizer.boxes=hog"):
+        adapter.person_boxes(video)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from aux_code.anonymizers import AnonymizerSection
 from aux_code.config import ConfigError, PathsConfig, TrainRunConfig, opt
 from aux_code.luss_scoring import PAPER_ALPHAS
 from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
@@ -84,6 +85,12 @@ class LussConfig:
     optim: OptimSection = opt(OptimSection(), "Optimiser and epochs.")
     schedule: ScheduleSection = opt(ScheduleSection(), "Learning-rate schedule.")
     eval: EvalSection = opt(EvalSection(), "Validation and test scoring.")
+    anonymizer: AnonymizerSection = opt(
+        AnonymizerSection(),
+        "What every frame (training and test) goes through before the autoencoder sees it: the same object as stages 2 "
+        "and 3 (raw: the grey release frames untouched). Other methods work on RGB: boxes at the original resolution, "
+        "then resize to clip.frame_size, the model, then grey.",
+    )
     precision: PrecisionMode = opt("auto", PRECISION_HELP)
 
     def required_paths(self) -> list[str]:
@@ -113,4 +120,5 @@ class LussConfig:
             if not ok:
                 raise ConfigError(message)
         self.schedule.validate()
+        self.anonymizer.validate()
         validate_precision(self.precision, self.run.device)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from aux_code.config import ConfigError
 from aux_code.datasets.avenue import Avenue
 from aux_code.datasets.ped2 import Ped2
 from aux_code.datasets.shanghaitech_unsupervised import ShanghaiTechUnsupervised
-from aux_code.datasets.unsupervised import UnsupervisedVideo, prepared_frames
+from aux_code.anonymizers import FrameAnonymizer, anonymized_grey_frames, build_frame_anonymizer
+from aux_code.datasets.unsupervised import UnsupervisedAdapter, UnsupervisedVideo, prepared_frames
 from aux_code.fit import Selection, StoredModel, Stepper, Task, fit
 from aux_code.losses.luss import LossWeights, draw_prp, luss_loss
 from aux_code.luss_scoring import MEASURES, TASKS, combine, micro_macro_auc, score_video
@@ -48,10 +49,26 @@ def split_training(videos: list[UnsupervisedVideo], fraction: float, seed: int) 
     return [v for i, v in enumerate(videos) if i not in held], [v for i, v in enumerate(videos) if i in held]
 
 
-def load_frames(video: UnsupervisedVideo, size: tuple[int, int]) -> np.ndarray:
-    """A training video at ``size`` as uint8 ``n h w`` (kept in memory; the model's input is x / 127.5 - 1)."""
-    out = [np.round((f + 1.0) * 127.5).astype(np.uint8) for f in prepared_frames(video.frames(), size)]
-    return np.stack(out)
+def model_frames(video: UnsupervisedVideo, size: tuple[int, int], anonymizer: FrameAnonymizer | None,
+                 adapter: UnsupervisedAdapter, device: torch.device | str = "cpu") -> Iterator[np.ndarray]:
+    """The video as the autoencoder sees it: float32 ``h w`` frames in [-1, 1] at ``size``, streamed.
+
+    ``anonymizer`` None (method raw): the release's grey frames resized. Otherwise RGB frames
+    through the method (aux_code.anonymizers.anonymized_grey_frames); a box method takes the
+    analogue's ground-truth boxes (``boxes: gt``) or detects them on the original frames first.
+    """
+    if anonymizer is None:
+        return prepared_frames(video.frames(), size)
+    boxes = None
+    if anonymizer.needs_boxes:
+        boxes = (adapter.person_boxes(video) if anonymizer.box_source == "gt"
+                 else [anonymizer.detect(f) for f in video.frames(color=True)])
+    return anonymized_grey_frames(video.frames(color=True), anonymizer, size, boxes=boxes, device=device)
+
+
+def load_frames(frames: Iterable[np.ndarray]) -> np.ndarray:
+    """Model frames in [-1, 1] as uint8 ``n h w`` (a training video kept in memory; the input is x / 127.5 - 1)."""
+    return np.stack([np.round((f + 1.0) * 127.5).astype(np.uint8) for f in frames])
 
 
 def _to_input(frames: np.ndarray) -> torch.Tensor:
@@ -101,8 +118,12 @@ class LussTask(Task):
             if v.num_frames < self.T + 1:
                 raise ConfigError(f"training video {v.name} has {v.num_frames} frames; clip.clip_len + 1 = {self.T + 1} needed")
         self.train_names, self.val_names = [v.name for v in train], [v.name for v in val]
-        self.train_frames = [load_frames(v, self.size) for v in train]
-        self.val_frames = [load_frames(v, self.size) for v in val]
+        self.anonymizer = (None if cfg.anonymizer.method == "raw"
+                           else build_frame_anonymizer(cfg.anonymizer, runs_root=cfg.paths.runs, device=self.device))
+        if self.anonymizer is not None:
+            self.anonymizer.model.to(self.device)
+        self.train_frames = [load_frames(self.frames_of(v)) for v in train]
+        self.val_frames = [load_frames(self.frames_of(v)) for v in val]
         self.model = build_luss_ae(preset=cfg.model.preset, clip_len=self.T).to(self.device)
         self.spec = {"preset": cfg.model.preset, "clip_len": self.T}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr)
@@ -118,6 +139,9 @@ class LussTask(Task):
         pick = np.linspace(0, len(val_starts) - 1, min(len(val_starts), cfg.eval.validation_windows)).round().astype(int) \
             if val_starts else []
         self.val_starts = [val_starts[i] for i in pick]
+
+    def frames_of(self, video: UnsupervisedVideo) -> Iterator[np.ndarray]:
+        return model_frames(video, self.size, self.anonymizer, self.adapter, self.device)
 
     def models(self) -> dict[str, StoredModel]:
         return {"model": StoredModel("luss_ae", self.spec, self.model)}
@@ -175,17 +199,21 @@ class LussTask(Task):
         return {k: v / n for k, v in sums.items()}
 
     def finish(self, selected_epoch: int) -> dict:
-        return score_test_set(self.model, self.test_videos, self.cfg, self.ctx.run_dir, self.device, self.precision)
+        test = score_test_set(self.model, self.test_videos, self.cfg, self.ctx.run_dir, self.device, self.precision,
+                              frames_of=self.frames_of)
+        anonymizer = {"method": "raw"} if self.anonymizer is None else self.anonymizer.describe()
+        return {**test, "anonymizer": anonymizer}
 
 
-def score_test_set(model, videos: list[UnsupervisedVideo], cfg: LussConfig, run_dir: Path, device, precision) -> dict:
-    """Score every test video (streamed), write scores.npz and the plots; the ``test`` part of results.json."""
+def score_test_set(model, videos: list[UnsupervisedVideo], cfg: LussConfig, run_dir: Path, device, precision, *,
+                   frames_of: Callable[[UnsupervisedVideo], Iterator[np.ndarray]]) -> dict:
+    """Score every test video (``frames_of``: its model frames, streamed), write scores.npz and the plots;
+    the ``test`` part of results.json."""
     alphas = cfg.alphas()
     measure, rescaling = cfg.eval.measure, cfg.eval.rescaling
     raws, labels = {}, []
     for v in videos:
-        frames = prepared_frames(v.frames(), (cfg.clip.frame_size[0], cfg.clip.frame_size[1]))
-        raw = score_video(model, frames, clip_len=cfg.clip.clip_len, batch_size=cfg.eval.batch_size, device=device,
+        raw = score_video(model, frames_of(v), clip_len=cfg.clip.clip_len, batch_size=cfg.eval.batch_size, device=device,
                           autocast=precision.autocast(), video=v.name)
         if len(raw["prp"]) != v.num_frames:
             raise ConfigError(f"test video {v.name}: {len(raw['prp'])} frames decoded but {v.num_frames} labelled")

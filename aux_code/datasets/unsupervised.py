@@ -2,7 +2,9 @@
 
 Each adapter lists ``train`` videos (all normal, no labels needed) and ``test`` videos with one
 0/1 label per frame, in the release's own formats. Every item streams its frames as grey uint8
-``h w`` arrays; :func:`prepared_frames` resizes them and maps them to [-1, 1] (LUSS-AE's input).
+``h w`` arrays (or RGB ``h w 3`` for an anonymizer, which works on colour); :func:`prepared_frames`
+resizes them and maps them to [-1, 1] (LUSS-AE's input). The synthetic analogues also carry every
+person's box per frame (``person_boxes.json``, not a release format) for the box anonymizers.
 
 Bad input raises :class:`~aux_code.datasets.common.DatasetError` naming the video: a test video
 without ground truth, ground truth whose length differs from the frame count (never resampled),
@@ -15,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
+import json
+
 import numpy as np
 from PIL import Image
 
 from aux_code.datasets.common import DatasetError
 
 Split = Literal["train", "test"]
+PERSON_BOXES = "person_boxes.json"  # the synthetic analogues' ground-truth person boxes (see PersonBoxes there)
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,13 +39,14 @@ class UnsupervisedVideo:
     source: Path
     num_frames: int
     labels: np.ndarray | None = field(default=None, repr=False)
-    reader: Callable[["UnsupervisedVideo"], Iterator[np.ndarray]] | None = field(default=None, repr=False)
+    reader: Callable[..., Iterator[np.ndarray]] | None = field(default=None, repr=False)
 
-    def frames(self) -> Iterator[np.ndarray]:
-        """The video's frames as grey uint8 ``h w``, streamed; mixed sizes raise DatasetError."""
+    def frames(self, *, color: bool = False) -> Iterator[np.ndarray]:
+        """The video's frames as grey uint8 ``h w`` (``color``: RGB uint8 ``h w 3``; a grey release
+        repeats its channel), streamed; mixed sizes raise DatasetError."""
         assert self.reader is not None
         shape = None
-        for i, f in enumerate(self.reader(self)):
+        for i, f in enumerate(self.reader(self, color=color)):
             if shape is None:
                 shape = f.shape
             elif f.shape != shape:
@@ -59,26 +65,26 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(frame[..., :3]).convert("L"))
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, *, color: bool = False) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("L"))
+            return np.asarray(im.convert("RGB" if color else "L"))
     except OSError as e:
         raise DatasetError(f"frame {path} is not a readable image: {e}") from None
 
 
-def folder_reader(suffixes: tuple[str, ...]) -> Callable[[UnsupervisedVideo], Iterator[np.ndarray]]:
-    def read(item: UnsupervisedVideo) -> Iterator[np.ndarray]:
+def folder_reader(suffixes: tuple[str, ...]) -> Callable[..., Iterator[np.ndarray]]:
+    def read(item: UnsupervisedVideo, *, color: bool = False) -> Iterator[np.ndarray]:
         for p in list_frames(item.source, suffixes):
-            yield read_image(p)
+            yield read_image(p, color=color)
     return read
 
 
-def video_reader(item: UnsupervisedVideo) -> Iterator[np.ndarray]:
+def video_reader(item: UnsupervisedVideo, *, color: bool = False) -> Iterator[np.ndarray]:
     from aux_code.video import iter_frames
 
     for f in iter_frames(item.source):
-        yield to_grey(f)
+        yield f[..., :3] if color else to_grey(f)
 
 
 def list_frames(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -145,3 +151,22 @@ class UnsupervisedAdapter:
 
     def _list(self, split: Split) -> list[UnsupervisedVideo]:
         raise NotImplementedError
+
+    def person_boxes(self, video: UnsupervisedVideo) -> list[np.ndarray]:
+        """Ground-truth person boxes of ``video``, one int32 (n, 4) array (x0, y0, x1, y1) per frame.
+
+        Only the synthetic analogues have them (``person_boxes.json`` at the root); the real releases
+        do not, so a box anonymizer there must detect them (``anonymizer.boxes: hog``).
+        """
+        path = self.root / PERSON_BOXES
+        if not path.is_file():
+            raise DatasetError(f"{self.dataset_name}: no ground-truth person boxes ({path} does not exist; only the "
+                               "synthetic analogues ship them): use anonymizer.boxes=hog on real data")
+        per_video = json.loads(path.read_text()).get(video.split, {})
+        if video.name not in per_video:
+            raise DatasetError(f"{self.dataset_name}: {path} has no boxes for {video.split} video {video.name}")
+        frames = per_video[video.name]
+        if len(frames) != video.num_frames:
+            raise DatasetError(f"{self.dataset_name}: {path} has boxes for {len(frames)} frames of {video.split} video "
+                               f"{video.name}, which has {video.num_frames}; expected one list per frame")
+        return [np.asarray(b, dtype=np.int32).reshape(-1, 4) for b in frames]

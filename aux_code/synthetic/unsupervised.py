@@ -28,6 +28,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from aux_code.datasets.unsupervised import PERSON_BOXES
 from aux_code.synthetic.motion import Projectile, Track, throw_projectiles
 from aux_code.synthetic.people import clip_box, downsample, draw_ball, draw_person, sample_look, sample_traits
 from aux_code.synthetic.scenes import Scene, make_scene
@@ -113,15 +114,18 @@ def _event(rng: np.random.Generator, scene: Scene, kind: str, frames: int) -> tu
     return actors, objects, a, b
 
 
-def render(scene: Scene, people: list, objects: list[Projectile], frames: int) -> tuple[list[np.ndarray], list]:
-    """RGB uint8 frames and, per frame, the boxes of drawn objects (for masks)."""
-    out, boxes = [], []
+def render(scene: Scene, people: list, objects: list[Projectile], frames: int) -> tuple[list[np.ndarray], list, list]:
+    """RGB uint8 frames and, per frame, the boxes of the event's drawn actors and objects (for masks) and
+    the boxes of every drawn person (the ground truth that box anonymizers use)."""
+    out, boxes, person_boxes = [], [], []
     for t in range(frames):
         canvas = scene.canvas.copy()
-        frame_boxes = []
+        frame_boxes, frame_people = [], []
         states = [(tr(t), look, tag) for tr, look, tag in people]
         for state, look, tag in sorted((s for s in states if s[0] is not None), key=lambda s: s[0].ground_y):
             box = clip_box(draw_person(canvas, state, look), scene.width, scene.height)
+            if box is not None:
+                frame_people.append(box)
             if box is not None and tag:
                 frame_boxes.append(box)
         for p in objects:
@@ -134,11 +138,12 @@ def render(scene: Scene, people: list, objects: list[Projectile], frames: int) -
                     frame_boxes.append(box)
         out.append(downsample(canvas, scene.height, scene.width))
         boxes.append(frame_boxes)
-    return out, boxes
+        person_boxes.append(frame_people)
+    return out, boxes, person_boxes
 
 
 def make_video(rng: np.random.Generator, scene: Scene, size: UnsupervisedSize, event: str | None):
-    """(frames RGB, labels 0/1 per frame, masks h x w per frame)."""
+    """(frames RGB, labels 0/1 per frame, masks h x w per frame, person boxes per frame)."""
     people = [(tr, look, False) for tr, look in _walkers(rng, scene, size.walkers, size.frames)]
     labels = np.zeros(size.frames, np.uint8)
     objects: list[Projectile] = []
@@ -146,14 +151,32 @@ def make_video(rng: np.random.Generator, scene: Scene, size: UnsupervisedSize, e
         actors, objects, a, b = _event(rng, scene, event, size.frames)
         people += [(tr, look, True) for tr, look in actors]
         labels[a:b] = 1
-    frames, boxes = render(scene, people, objects, size.frames)
+    frames, boxes, person_boxes = render(scene, people, objects, size.frames)
     masks = np.zeros((size.frames, scene.height, scene.width), np.uint8)
     for t in np.flatnonzero(labels):
         for x0, y0, x1, y1 in boxes[t]:
             masks[t, y0:y1, x0:x1] = 1
         if not masks[t].any():  # the event's region (e.g. a just-entering object): mark its row band
             masks[t, scene.height // 2, :] = 1
-    return frames, labels, masks
+    return frames, labels, masks, person_boxes
+
+
+class PersonBoxes:
+    """Every drawn person's box per frame, per video, written as ``person_boxes.json`` at the dataset root.
+
+    Not part of any release format: the real datasets ship no person boxes (box anonymizers use
+    a detector there, ``anonymizer.boxes: hog``); the analogues know them, as the main world does.
+    Layout: ``{"train": {video: [[[x0, y0, x1, y1], ...] per frame]}, "test": {...}}``.
+    """
+
+    def __init__(self) -> None:
+        self.videos: dict[str, dict[str, list]] = {"train": {}, "test": {}}
+
+    def add(self, split: str, name: str, per_frame: list) -> None:
+        self.videos[split][name] = [[list(map(int, b)) for b in frame] for frame in per_frame]
+
+    def write(self, root: Path) -> None:
+        (root / PERSON_BOXES).write_text(json.dumps(self.videos, separators=(",", ":")))
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:
@@ -162,9 +185,11 @@ def _grey(frame: np.ndarray) -> np.ndarray:
 
 def _write_ped2(root: Path, rng, size: UnsupervisedSize) -> dict:
     scene = make_scene(rng, height=size.height, width=size.width, kind=None)
+    boxes = PersonBoxes()
     for i in range(size.train_videos):
-        frames, _, _ = make_video(rng, scene, size, None)
+        frames, _, _, people = make_video(rng, scene, size, None)
         d = root / "Train" / f"Train{i + 1:03d}"
+        boxes.add("train", d.name, people)
         d.mkdir(parents=True)
         for t, f in enumerate(frames):
             Image.fromarray(_grey(f)).save(d / f"{t + 1:03d}.tif")
@@ -172,8 +197,9 @@ def _write_ped2(root: Path, rng, size: UnsupervisedSize) -> dict:
     counts = {}
     for i in range(size.test_videos):
         event = EVENTS["ped2"][i % len(EVENTS["ped2"])]
-        frames, labels, masks = make_video(rng, scene, size, event)
+        frames, labels, masks, people = make_video(rng, scene, size, event)
         d = root / "Test" / f"Test{i + 1:03d}"
+        boxes.add("test", d.name, people)
         (d.with_name(d.name + "_gt")).mkdir(parents=True)
         d.mkdir(parents=True)
         for t, f in enumerate(frames):
@@ -183,6 +209,7 @@ def _write_ped2(root: Path, rng, size: UnsupervisedSize) -> dict:
         lines.append(f"TestVideoFile{{end+1}}.gt_frame = [{on[0] + 1}:{on[-1] + 1}];")
         counts[d.name] = int(labels.sum())
     (root / "Test" / "UCSDped2.m").write_text("\n".join(lines) + "\n")
+    boxes.write(root)
     return {"train": size.train_videos, "test": size.test_videos, "abnormal_frames": counts}
 
 
@@ -192,30 +219,37 @@ def _write_avi(path: Path, frames: list[np.ndarray]) -> None:
 
 def _write_avenue(root: Path, rng, size: UnsupervisedSize) -> dict:
     scene = make_scene(rng, height=size.height, width=size.width, kind=None)
+    boxes = PersonBoxes()
     for i in range(size.train_videos):
-        frames, _, _ = make_video(rng, scene, size, None)
+        frames, _, _, people = make_video(rng, scene, size, None)
         _write_avi(root / "training_videos" / f"{i + 1:02d}.avi", frames)
+        boxes.add("train", f"{i + 1:02d}", people)
     mask_dir = root / "ground_truth_demo" / "testing_label_mask"
     mask_dir.mkdir(parents=True)
     counts = {}
     for i in range(size.test_videos):
         event = EVENTS["avenue"][i % len(EVENTS["avenue"])]
-        frames, labels, masks = make_video(rng, scene, size, event)
+        frames, labels, masks, people = make_video(rng, scene, size, event)
         _write_avi(root / "testing_videos" / f"{i + 1:02d}.avi", frames)
+        boxes.add("test", f"{i + 1:02d}", people)
         cell = np.empty((1, len(masks)), dtype=object)
         for t, m in enumerate(masks):
             cell[0, t] = m
         scipy.io.savemat(str(mask_dir / f"{i + 1}_label.mat"), {"volLabel": cell})
         counts[f"{i + 1:02d}"] = int(labels.sum())
+    boxes.write(root)
     return {"train": size.train_videos, "test": size.test_videos, "abnormal_frames": counts}
 
 
 def _write_shanghaitech(root: Path, rng, size: UnsupervisedSize) -> dict:
     scenes = [make_scene(rng, height=size.height, width=size.width, kind=None) for _ in range(size.cameras)]
+    boxes = PersonBoxes()
     for i in range(size.train_videos):
         cam = i % size.cameras
-        frames, _, _ = make_video(rng, scenes[cam], size, None)
-        _write_avi(root / "training" / "videos" / f"{cam + 1:02d}_{i // size.cameras + 1:03d}.avi", frames)
+        frames, _, _, people = make_video(rng, scenes[cam], size, None)
+        name = f"{cam + 1:02d}_{i // size.cameras + 1:03d}"
+        _write_avi(root / "training" / "videos" / f"{name}.avi", frames)
+        boxes.add("train", name, people)
     mask_dir = root / "testing" / "test_frame_mask"
     mask_dir.mkdir(parents=True)
     counts = {}
@@ -223,14 +257,16 @@ def _write_shanghaitech(root: Path, rng, size: UnsupervisedSize) -> dict:
         cam = i % size.cameras
         # the last test video is all normal, as some ShanghaiTech test videos are
         event = None if i == size.test_videos - 1 else EVENTS["shanghaitech_unsupervised"][i % 6]
-        frames, labels, _ = make_video(rng, scenes[cam], size, event)
+        frames, labels, _, people = make_video(rng, scenes[cam], size, event)
         name = f"{cam + 1:02d}_{i // size.cameras + 1 + 13:04d}"
+        boxes.add("test", name, people)
         d = root / "testing" / "frames" / name
         d.mkdir(parents=True)
         for t, f in enumerate(frames):
             Image.fromarray(f).save(d / f"{t:03d}.jpg", quality=95)
         np.save(mask_dir / f"{name}.npy", labels)
         counts[name] = int(labels.sum())
+    boxes.write(root)
     return {"train": size.train_videos, "test": size.test_videos, "abnormal_frames": counts}
 
 

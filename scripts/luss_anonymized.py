@@ -11,7 +11,8 @@ sets the stage-2 privacy of that method (paper-protocol cMAP and the worst case 
 each with its bootstrap CI from the summary) beside the LUSS-AE micro frame AUC (mean and 95%
 t-interval over training seeds) and the paired change against raw (same seed, same split).
 ``paths.runs`` must be the reproduce run's (learned anonymizers resolve under it). Writes
-``<paths.results>/luss/anonymized_<dataset>.md`` and ``.json``.
+``<paths.results>/luss/anonymized_<dataset>.md`` and ``.json`` (names and run names carry a digest of
+overrides that change numbers, as in scripts.luss_table1).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from anomaly_detection.luss.config import DATASETS, LussConfig
 from aux_code.config import PROJECT_ROOT, load_config
-from scripts.luss_table1 import interval, run_luss
+from scripts.luss_table1 import interval, overrides_tag, run_luss
 
 
 def anonymizer_overrides(summary: dict, method: str) -> list[str]:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         anonymizer = anonymizer_overrides(summary, m)
         aucs = []
         for s in a.seeds:
-            r = run_luss(config, f"anon_{a.dataset}_{m}_s{s}", [f"run.seed={s}", *anonymizer, *a.overrides],
+            r = run_luss(config, f"anon_{a.dataset}_{m}_s{s}{overrides_tag(a.overrides)}", [f"run.seed={s}", *anonymizer, *a.overrides],
                          driver="luss_anonymized")
             aucs.append(100 * r["test"]["frame_auc_micro"])
         point = points[m]
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(LussConfig, config, a.overrides, check_paths=False)
     dest = Path(cfg.paths.results) / "luss"
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"anonymized_{a.dataset}.md").write_text(head + "\n\n" + table + "\n")
-    (dest / f"anonymized_{a.dataset}.json").write_text(json.dumps(out, indent=1))
-    print(f"written {dest / f'anonymized_{a.dataset}.md'} and .json")
+    stem = f"anonymized_{a.dataset}{overrides_tag(a.overrides)}"
+    (dest / f"{stem}.md").write_text(head + "\n\n" + table + "\n")
+    (dest / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    print(f"written {dest / stem}.md and .json")
     return 0
 
 

@@ -4,6 +4,7 @@
 [--config-dir configs/synthetic/luss] [key=value ...]`` trains, per dataset and seed, LUSS-AE
 (VCR + FFP + PRP, the paper's alphas) and the VCR-only baseline (loss.ffp=0 loss.prp=0,
 eval.alphas=[1,0,0]) through ``python -m anomaly_detection.luss`` (a run folder holding results.json is reused as it is),
+run names carry a digest of any overrides that change numbers, so a rerun with other overrides trains new runs;
 then prints micro frame AUC (%) per dataset: mean over seeds with a 95% t-interval, and writes
 ``<paths.results>/luss/table1.md`` and ``table1_summary.json``. ``--variants luss vcr vcr_ffp vcr_prp``
 adds Table 2's other rows (VCR+FFP, VCR+PRP: the missing task's loss weight and alpha set to 0;
@@ -13,6 +14,7 @@ written as ``table_<variants>.md``). Extra key=value overrides go to every run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -66,10 +68,18 @@ def run_luss(config: Path, name: str, overrides: list[str], *, driver: str = "lu
     return json.loads(results.read_text())
 
 
+def overrides_tag(overrides: list[str]) -> str:
+    """'' for no overrides that change numbers (paths.*, run.device), else '_' + a digest of them: runs
+    made with other overrides get other names, so a reused run folder is always the one asked for."""
+    decisive = sorted(o for o in overrides if not o.startswith(("paths.", "run.device=")))
+    return "_" + hashlib.sha1("\n".join(decisive).encode()).hexdigest()[:8] if decisive else ""
+
+
 def run_one(config: Path, dataset: str, variant: str, seed: int, extra: list[str]) -> dict:
     a1, a2, a3 = PAPER_ALPHAS[dataset]
     variant_args = [x.format(a1=a1, a2=a2, a3=a3) for x in VARIANTS[variant]]
-    return run_luss(config, f"table1_{dataset}_{variant}_s{seed}", [f"run.seed={seed}", *variant_args, *extra])
+    name = f"table1_{dataset}_{variant}_s{seed}{overrides_tag(extra)}"
+    return run_luss(config, name, [f"run.seed={seed}", *variant_args, *extra])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(LussConfig, a.config_dir / f"{a.datasets[0]}.yaml", a.overrides, check_paths=False)
     out = Path(cfg.paths.results) / "luss"
     out.mkdir(parents=True, exist_ok=True)
-    tag = "table1" if a.variants == ["luss", "vcr"] else "table_" + "_".join(a.variants)
+    tag = ("table1" if a.variants == ["luss", "vcr"] else "table_" + "_".join(a.variants)) + overrides_tag(a.overrides)
     (out / f"{tag}.md").write_text("Micro frame AUC (%)\n\n" + table + "\n")
     (out / f"{tag}_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"written {out / (tag + '.md')} and {out / (tag + '_summary.json')}")

@@ -113,13 +113,19 @@ def test_driver_table_from_a_reproduce_summary(sh_world, tmp_path):
         anonymizer_overrides(loaded, "blur")
     extra = [a for a in _args(sh_world, "unused")[2:] if not a.startswith("run.name")]
     assert driver(["--summary", str(summary), "--seeds", "0", "1", "--methods", "downsample4x", *extra]) == 0
-    out = json.loads((sh_world / "results" / "luss" / "anonymized_shanghaitech_unsupervised.json").read_text())
+    from scripts.luss_table1 import overrides_tag
+
+    tag = overrides_tag(extra)
+    assert tag and tag == overrides_tag(list(reversed(extra)))  # the order of overrides does not matter
+    assert overrides_tag([a for a in extra if a.startswith("paths.")]) == ""  # paths do not change numbers
+    assert overrides_tag(extra + ["optim.epochs=2"]) != tag
+    out = json.loads((sh_world / "results" / "luss" / f"anonymized_shanghaitech_unsupervised{tag}.json").read_text())
     assert list(out["methods"]) == ["raw", "downsample4x"]  # raw is added: the paired change needs it
     ds = out["methods"]["downsample4x"]
     assert len(ds["luss_micro_auc"]) == 2 and ds["anonymizer"] == ["anonymizer.method=downsample", "anonymizer.factor=4"]
     raw = out["methods"]["raw"]["luss_micro_auc"]
     assert ds["change_vs_raw"][0] == pytest.approx(np.mean(ds["luss_micro_auc"]) - np.mean(raw))
-    run = json.loads((sh_world / "runs" / "luss" / "anon_shanghaitech_unsupervised_downsample4x_s1" / "results.json").read_text())
+    run = json.loads((sh_world / "runs" / "luss" / f"anon_shanghaitech_unsupervised_downsample4x_s1{tag}" / "results.json").read_text())
     assert run["anonymizer"]["method"] == "downsample" and run["anonymizer"]["factor"] == 4
-    md = (sh_world / "results" / "luss" / "anonymized_shanghaitech_unsupervised.md").read_text()
+    md = (sh_world / "results" / "luss" / f"anonymized_shanghaitech_unsupervised{tag}.md").read_text()
     assert "| DOWNSAMPLE4X | 60.00 [58.00, 62.00] | 60.00 [58.00, 62.00] (other_arch) |" in md

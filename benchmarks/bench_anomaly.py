@@ -6,7 +6,8 @@
 Builds a fake feature set (UCF-Crime-like clip counts) once, then runs each variant in
 its own process, so that peak RSS (ru_maxrss) belongs to that variant alone:
 
-- reference: the loop written the obvious way, as the public MGFN/RTFM code does it: a
+- reference: the loop written the obvious way, as the public MGFN/RTFM code does it (its
+  model computed as the public code computes it, :func:`plain_forward`: Conv1d layout): a
   Dataset whose __getitem__ reads the .npy, resamples it to 32 segments with a per-video
   Python loop in float64 and appends the magnitude, on every access; default-collate
   DataLoaders (shuffle=True) zipped together; evaluation re-reading each video from disk;
@@ -19,7 +20,10 @@ its own process, so that peak RSS (ru_maxrss) belongs to that variant alone:
 - stage_bf16: the same with ``precision: bf16`` (MGFN forward under bf16 autocast,
   loss in fp32); fast where the CPU has AVX512-BF16 / AMX.
 
-Both use the same model (aux_code.models.mgfn), loss, optimiser, initial weights,
+Before those, one training step of each is alternated in this process (``--step-repeats``,
+medians, with the load average): the model's own cost, independent of the machine's load.
+
+Both use the same model parameters (aux_code.models.mgfn), loss, optimiser, initial weights,
 validation split and test set. Reported: one-time setup, train epoch time (median over
 epochs) and its data side (getting the batches ready), validation time, peak RSS and the
 test frame AUC after the last epoch.
@@ -72,6 +76,102 @@ def _model(args: argparse.Namespace):
 # --------------------------------------------------------------------------- reference
 
 
+def plain_forward(model, video):
+    """MGFN's forward as the public code computes it: (N, C, T) layout, F.conv1d for every
+    convolution, einsum attention, the Focus kernel as a grouped conv, on ``model``'s own
+    parameters. The stage's model computes the same function token-major with matrix products
+    (aux_code.models.mgfn; tests/test_mgfn.py checks the two agree)."""
+    import torch
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    from aux_code.models.mgfn import Glance, select_topk_segments
+
+    def cln(norm, x):
+        mean = x.mean(dim=1, keepdim=True)
+        std = x.var(dim=1, unbiased=False, keepdim=True).sqrt()
+        return (x - mean) / (std + norm.eps) * norm.g + norm.b
+
+    def conv(c, x):
+        return F.conv1d(x, c.weight, c.bias, padding=c.padding, groups=c.groups)
+
+    def glance(g, x):
+        q, k, v = conv(g.to_qkv, cln(g.norm, x)).chunk(3, dim=1)
+        q, k, v = (rearrange(t, "n (h d) t -> n h t d", h=g.heads) for t in (q, k, v))
+        attn = torch.einsum("nhid,nhjd->nhij", q * g.scale, k).softmax(dim=-1)
+        return conv(g.to_out, rearrange(torch.einsum("nhij,nhjd->nhid", attn, v), "n h t d -> n (h d) t"))
+
+    def focus(f, x):
+        v = rearrange(conv(f.to_v, f.norm(x)), "n (d h) t -> (n d) h t", h=f.heads)
+        return conv(f.to_out, rearrange(conv(f.rel_pos, v), "(n d) h t -> n (d h) t", n=x.shape[0]))
+
+    def ff(block, x):
+        norm, up, gelu, dropout, down = block.net
+        return conv(down, dropout(gelu(conv(up, cln(norm, x)))))
+
+    video = rearrange(video, "b t c -> b 1 t c") if video.ndim == 3 else video
+    b = video.shape[0]
+    x = rearrange(video, "b n t c -> (b n) c t")
+    x = conv(model.to_tokens, x[:, : model.feature_dim]) + model.magnitude_ratio * conv(model.to_mag, x[:, model.feature_dim :])
+    for i, stage in enumerate(model.stages):
+        for shortcut, mixer, feed in stage.blocks:
+            x = conv(shortcut, x) + x
+            x = (glance(mixer, x) if isinstance(mixer, Glance) else focus(mixer, x)) + x
+            x = ff(feed, x) + x
+        if i < len(model.transitions):
+            norm, project = model.transitions[i]
+            x = conv(project, cln(norm, x))
+    head = model.head_norm(rearrange(x, "bn c t -> bn t c"))
+    scores = torch.sigmoid(rearrange(model.fc(head), "bn t 1 -> bn t"))
+    return select_topk_segments(rearrange(head, "(b n) t c -> b n t c", b=b), rearrange(scores, "(b n) t -> b n t", b=b),
+                                k=model.k, magnitude_dropout=model.magnitude_dropout, training=model.training)
+
+
+def steps(args: argparse.Namespace) -> dict:
+    """One training step (forward, loss, backward, Adam) on the same batch, the public code's
+    formulation and the stage's model alternated in this process: same threads, same load."""
+    import torch
+
+    from anomaly_detection.train import build_optimizer
+    from aux_code.losses.mgfn import mgfn_loss
+    from aux_code.models.mgfn import MGFN, build_mgfn
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {"reference": build_mgfn(preset=args.preset, feature_dim=args.dim).train()}
+    models["stage"] = build_mgfn(preset=args.preset, feature_dim=args.dim).train()
+    models["stage"].load_state_dict(models["reference"].state_dict())
+    forwards = {"reference": plain_forward, "stage": MGFN.forward}
+    optims = {"reference": torch.optim.Adam(models["reference"].parameters(), lr=1e-3, weight_decay=5e-4),
+              "stage": build_optimizer(models["stage"], lr=1e-3, weight_decay=5e-4)}
+    torch.manual_seed(1)
+    x = torch.rand(2 * args.batch, 32, args.dim + 1)
+    labels = torch.cat([torch.zeros(args.batch), torch.ones(args.batch)])
+
+    def step(variant: str) -> float:
+        started = time.perf_counter()
+        out = forwards[variant](models[variant], x)
+        loss, _ = mgfn_loss(scores=out.scores, video_scores=out.video_scores, labels=labels, topk_features=out.topk_features)
+        optims[variant].zero_grad()
+        loss.backward()
+        optims[variant].step()
+        return time.perf_counter() - started
+
+    for variant in models:
+        step(variant)  # warm-up
+    times: dict[str, list[float]] = {v: [] for v in models}
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.step_repeats):
+        for variant in models:
+            times[variant].append(step(variant))
+        loads.append(os.getloadavg()[0])
+    med = {v: statistics.median(t) for v, t in times.items()}
+    return {"threads": args.threads, "batch": f"{args.batch}+{args.batch}", "step_s": {v: round(t, 3) for v, t in med.items()},
+            "speedup": round(med["reference"] / med["stage"], 2), "runs": {v: [round(t, 3) for t in ts] for v, ts in times.items()},
+            "load_average": [round(a, 2) for a in loads]}
+
+
+
 def run_reference(args: argparse.Namespace) -> dict:
     """The obvious loop. Deliberately plain: this is the baseline, not code to reuse."""
     torch, info = _common(args)
@@ -121,7 +221,7 @@ def run_reference(args: argparse.Namespace) -> dict:
         feats = torch.from_numpy(np.array(np.load(feature_dir / v.file), dtype=np.float64)).float()
         mag = torch.norm(feats, dim=1, keepdim=True)
         x = torch.cat((feats, mag), dim=1).unsqueeze(0)
-        out = model(x)
+        out = plain_forward(model, x)
         return out.scores[0].numpy(), float(out.video_scores[0])
 
     train_times, eval_times, data_times = [], [], []
@@ -139,7 +239,7 @@ def run_reference(args: argparse.Namespace) -> dict:
             data_time += time.perf_counter() - t_data
             x = torch.cat((ninput, ainput), 0)
             labels = torch.cat((nlabel, alabel), 0).float()
-            out = model(x)
+            out = plain_forward(model, x)
             loss, _ = mgfn_loss(scores=out.scores, video_scores=out.video_scores, labels=labels, topk_features=out.topk_features)
             optimizer.zero_grad()
             loss.backward()
@@ -243,11 +343,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads in each variant")
     p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant; the fastest is reported")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--steps-only", action="store_true",
+                   help="only the in-process comparison of one training step, reference and stage alternated")
+    p.add_argument("--step-repeats", type=int, default=5, help="alternated training steps per variant (in-process comparison)")
     p.add_argument("--child", choices=["reference", "stage", "stage_bf16"], help=argparse.SUPPRESS)
     p.add_argument("--features", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(args)
+        return
+
+    step_figures = steps(args)
+    print(f"one training step, {args.preset} MGFN, batch {step_figures['batch']}, {args.threads} threads, median of "
+          f"{args.step_repeats} alternated: reference {step_figures['step_s']['reference']} s, stage "
+          f"{step_figures['step_s']['stage']} s ({step_figures['speedup']}x), load {step_figures['load_average']}", flush=True)
+    if args.steps_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "steps": step_figures}, indent=1, default=str) + "\n")
         return
 
     from anomaly_detection.fake_features import make_fake_feature_set
@@ -309,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"speed-up (reference / {variant}): train epoch {sp['train_epoch']:.2f}x, epoch + validation "
               f"{sp['epoch_with_val']:.2f}x, data side of an epoch {sp['data_per_epoch']:.1f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "figures": figures, "all_runs": runs, "speedup": speed}, indent=1, default=str) + "\n")
+        Path(args.json).write_text(json.dumps({"args": vars(args), "figures": figures, "all_runs": runs, "speedup": speed,
+                                               "steps": step_figures}, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

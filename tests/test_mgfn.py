@@ -154,3 +154,105 @@ def test_training_dropout_varies_the_selection() -> None:
     # p = 0 in training is the eval selection.
     no_drop = select_topk_segments(features, scores, k=3, magnitude_dropout=0.0, training=True).topk_indices
     assert torch.equal(no_drop, eval_pick)
+
+
+# --------------------------------------------------------------------------- token-major math vs the Conv1d formulation
+
+
+def _plain_forward(model: MGFN, video: torch.Tensor):
+    """MGFN written the straightforward way, as the public code does it: (N, C, T) layout,
+    F.conv1d for every convolution, einsum attention, the Focus kernel as a grouped conv.
+    Uses the model's own parameters and its BatchNorm modules (so running statistics move alike)."""
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    def cln(norm, x):
+        mean = x.mean(dim=1, keepdim=True)
+        std = x.var(dim=1, unbiased=False, keepdim=True).sqrt()
+        return (x - mean) / (std + norm.eps) * norm.g + norm.b
+
+    def conv(c, x):
+        return F.conv1d(x, c.weight, c.bias, padding=c.padding, groups=c.groups)
+
+    def glance(g, x):
+        q, k, v = conv(g.to_qkv, cln(g.norm, x)).chunk(3, dim=1)
+        q, k, v = (rearrange(t, "n (h d) t -> n h t d", h=g.heads) for t in (q, k, v))
+        attn = torch.einsum("nhid,nhjd->nhij", q * g.scale, k).softmax(dim=-1)
+        out = torch.einsum("nhij,nhjd->nhid", attn, v)
+        return conv(g.to_out, rearrange(out, "n h t d -> n (h d) t"))
+
+    def focus(f, x):
+        n = x.shape[0]
+        v = rearrange(conv(f.to_v, f.norm(x)), "n (d h) t -> (n d) h t", h=f.heads)
+        return conv(f.to_out, rearrange(conv(f.rel_pos, v), "(n d) h t -> n (d h) t", n=n))
+
+    def ff(block, x):
+        norm, up, gelu, dropout, down = block.net
+        return conv(down, dropout(gelu(conv(up, cln(norm, x)))))
+
+    video = rearrange(video, "b t c -> b 1 t c") if video.ndim == 3 else video
+    b = video.shape[0]
+    x = rearrange(video, "b n t c -> (b n) c t")
+    feats, magnitude = x[:, : model.feature_dim], x[:, model.feature_dim :]
+    x = conv(model.to_tokens, feats) + model.magnitude_ratio * conv(model.to_mag, magnitude)
+    for i, stage in enumerate(model.stages):
+        for shortcut, mixer, feed in stage.blocks:
+            x = conv(shortcut, x) + x
+            x = (glance(mixer, x) if isinstance(mixer, Glance) else focus(mixer, x)) + x
+            x = ff(feed, x) + x
+        if i < len(model.transitions):
+            norm, project = model.transitions[i]
+            x = conv(project, cln(norm, x))
+    head = model.head_norm(rearrange(x, "bn c t -> bn t c"))
+    scores = torch.sigmoid(rearrange(model.fc(head), "bn t 1 -> bn t"))
+    return select_topk_segments(rearrange(head, "(b n) t c -> b n t c", b=b), rearrange(scores, "(b n) t -> b n t", b=b),
+                                k=model.k, magnitude_dropout=model.magnitude_dropout, training=model.training)
+
+
+@pytest.mark.parametrize("preset,feature_dim,crops", [("tiny", FEATURE_DIM, 1), ("tiny", FEATURE_DIM, 3), ("paper", 96, 1)])
+def test_token_major_forward_and_gradients_match_the_conv1d_formulation(preset, feature_dim, crops) -> None:
+    torch.manual_seed(0)
+    model = build_mgfn(preset=preset, feature_dim=feature_dim, magnitude_dropout=0.0).train()
+    plain = build_mgfn(preset=preset, feature_dim=feature_dim, magnitude_dropout=0.0).train()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():  # non-trivial norms, kernels and biases, so a mixed-up channel order shows
+        for m in (model, plain):
+            torch.manual_seed(3)
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    torch.manual_seed(1)
+    video = append_magnitude(torch.rand(4, crops, 32, feature_dim)).squeeze(1)
+    labels = torch.tensor([0, 0, 1, 1])
+    outs = []
+    for m, forward in ((model, MGFN.forward), (plain, _plain_forward)):
+        out = forward(m, video)
+        loss, _ = mgfn_loss(scores=out.scores, video_scores=out.video_scores, labels=labels, topk_features=out.topk_features)
+        loss.backward()
+        outs.append(out)
+    new, old = outs
+    assert torch.equal(new.topk_indices, old.topk_indices)
+    for name in ("scores", "magnitudes", "video_scores", "topk_features"):
+        assert torch.allclose(getattr(new, name), getattr(old, name), rtol=1e-4, atol=1e-5), name
+    grads = dict(plain.named_parameters())
+    for name, p in model.named_parameters():
+        ref = grads[name].grad
+        assert torch.allclose(p.grad, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-7), name
+    # BatchNorm statistics moved alike (the token-major BN pools the same N x T values per channel).
+    buffers = dict(plain.named_buffers())
+    for name, buf in model.named_buffers():
+        assert torch.allclose(buf.float(), buffers[name].float(), rtol=1e-4, atol=1e-5), name
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(video).scores, _plain_forward(plain, video).scores, atol=1e-5)
+
+
+def test_conv_tokens_equals_conv1d() -> None:
+    from aux_code.models.mgfn import conv_tokens
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 5)
+    for k in (1, 3, 5):
+        conv = torch.nn.Conv1d(5, 4, k, padding=k // 2)
+        expected = conv(x.transpose(1, 2)).transpose(1, 2)
+        assert torch.allclose(conv_tokens(x, conv), expected, atol=1e-6), k

@@ -4,8 +4,10 @@
     python -m benchmarks.bench_extraction --cases default    # only the embedded default
     python -m benchmarks.bench_extraction --repeats 2 --json bench.json
 
-Each measurement runs in its own process, so its peak RSS (ru_maxrss) belongs to it alone;
-variants are interleaved and the best of ``--repeats`` is kept (the machine is shared).
+Each measurement of the default, full, ceiling and length cases runs in its own process, so its
+peak RSS (ru_maxrss) belongs to it alone; variants are interleaved and the best of ``--repeats``
+is kept (the machine is shared). The fullsize case alternates both variants in one process and
+reports medians with the load average, so its ratio holds under other jobs' load.
 
 - reference: the public code's way: decode the whole video into memory (a list of frames,
   then one array), then one clip at a time through the model under no_grad (batch 1,
@@ -18,6 +20,12 @@ Cases:
   analogue (``--data``; clip layout and input size from configs/synthetic/extraction/default.yaml,
   i3d_r50_tiny), the stage's whole run (manifest, lists, results) against the reference over
   the same videos and clips;
+- fullsize: one 320x240 H.264 video (``--full-frames``) through the full-size I3D-R50, the
+  reference loop and the stage alternated ``--repeats`` times in one process, plus fT alone on
+  one clip each way; the stage's model path follows ``--compile`` as extract.compile does (auto:
+  inductor on the CPU), compiled once before the timed repeats (``first_call_s`` is that compile
+  plus one forward; ``break_even_clips`` the clips after which it has paid for itself). Reports
+  the model's GFLOP per clip, the achieved GFLOP/s, the stated and the sgemm-measured peak;
 - full: one short 320x240 H.264 video (``--full-frames`` 320: 10 clips) at 16x224x224
   through the full-size I3D-R50 (random weights: speed does not depend on them), the stage
   batching ``--batch`` clips;
@@ -111,7 +119,7 @@ def reference_video(path: Path, model, out_path: Path, *, resolution: int, clip_
 
 
 def stage_videos(paths: list[Path], model, out_dir: Path, *, resolution: int, batch_size: int, decoder: str = "pyav",
-                 workers: int = 0, device: str = "cpu") -> int:
+                 workers: int = 0, device: str = "cpu", feature_model=None) -> int:
     """The stage's clip pipeline on some videos (no dataset around them); returns the clip count.
 
     ``decoder``: 'pyav' (``workers`` processes, or a background thread when 0) or 'dali' (the
@@ -140,7 +148,7 @@ def stage_videos(paths: list[Path], model, out_dir: Path, *, resolution: int, ba
                              threads=4, prefetch=2, target=target, fallback=no_fallback)
     else:
         events = pyav_events(jobs, spec, boxes=boxes, anonymizer=None, workers=workers, prefetch=4, thread=True)
-    fm = FeatureModel(IdentityAnonymizer(), model, device=target)
+    fm = feature_model or FeatureModel(IdentityAnonymizer(), model, device=target)
     writer = FeatureWriter(out_dir, jobs, producer="bench", rank=0)
     stats = extract_stream(events, fm, batch_size=batch_size, on_done=writer.done, on_failed=writer.failed)
     if writer.failures:
@@ -162,6 +170,113 @@ def model_only(model, *, resolution: int, batch_size: int, clips: int, device: s
         fm(x)  # returns numpy: synchronises with the device
         done += batch_size
     return done
+
+
+# --------------------------------------------------------------------------------- full size, one process
+
+
+def cpu_peak_gflops(threads: int, flop_per_cycle: int) -> dict:
+    """The arithmetic ceiling two ways: cores x FMA width x clock (stated), and a 4096^2 sgemm (measured)."""
+    import torch
+
+    mhz = None
+    try:
+        mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        pass
+    a, b = torch.rand(4096, 4096), torch.rand(4096, 4096)
+    a @ b
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        a @ b
+        runs.append(2 * 4096**3 / (time.perf_counter() - started) / 1e9)
+    return {"clock_mhz": mhz, "flop_per_cycle_per_core": flop_per_cycle,
+            "stated_gflops": round(threads * flop_per_cycle * mhz / 1000, 1) if mhz else None,
+            "sgemm_gflops": round(float(np.median(runs)), 1)}
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD flags that decide the fp32/bf16/int8 paths (avx2, fma, avx512*, amx*, vnni)."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in line.split(":")[1].split() if f.startswith(("avx", "fma", "amx")) or "vnni" in f)
+
+
+def fullsize(args: argparse.Namespace, tmp: Path) -> dict:
+    """Reference loop and stage on one full-size video, alternated in this process (same threads, same load).
+
+    Also fT alone on one ready clip: the reference's eager batch-1 forward against the stage's
+    FeatureModel, which is where the whole difference lies (decoding is a few percent).
+    """
+    import torch
+
+    from aux_code.models import IdentityAnonymizer
+    from feature_extraction.model import FeatureModel, clip_gflop, resolve_compile
+
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    model = _utility("i3d_r50")
+    gflop = clip_gflop(IdentityAnonymizer(), model, (3, 16, 224, 224))
+    compiled = resolve_compile(args.compile, cpu, gflop)
+    fm = FeatureModel(IdentityAnonymizer(), model, device=cpu, compile=compiled)
+    clip = torch.rand(1, 3, 16, 224, 224)
+    started = time.perf_counter()
+    fm(clip)  # the stage's first batch: compiles when compiled
+    first_call = time.perf_counter() - started
+    video = tmp / "fullsize.mp4"
+    _scene_video(video, args.full_frames)
+    # wall seconds per clip and CPU seconds per clip (process time, all threads) of each variant
+    wall: dict[str, list[float]] = {"reference": [], "stage": [], "reference_model": [], "stage_model": []}
+    cpu_s: dict[str, list[float]] = {k: [] for k in wall}
+    loads = [os.getloadavg()[0]]
+    clips = 0
+
+    def timed(key: str, fn, n: int = 1):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        wall[key].append((time.perf_counter() - w) / n)
+        cpu_s[key].append((time.process_time() - c) / n)
+        return out
+
+    for _ in range(args.repeats):
+        with torch.no_grad():
+            model(clip)  # warm, as the stage's model is
+            timed("reference_model", lambda: model(clip))
+        timed("stage_model", lambda: fm(clip))
+        clips = reference_video(video, model, tmp / "fullsize_reference.npy", resolution=224)  # count (and warm the decoder)
+        timed("reference", lambda: reference_video(video, model, tmp / "fullsize_reference.npy", resolution=224), clips)
+        timed("stage", lambda: stage_videos([video], model, tmp / "fullsize_stage", resolution=224,
+                                            batch_size=args.batch, feature_model=fm), clips)
+        loads.append(os.getloadavg()[0])
+    diff = float(np.abs(np.load(tmp / "fullsize_reference.npy") - np.load(tmp / "fullsize_stage" / "fullsize.npy")).max())
+    med = {k: float(np.median(v)) for k, v in wall.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu_s.items()}
+    peak = cpu_peak_gflops(args.threads, args.flop_per_cycle)
+    saved = med["reference_model"] - med["stage_model"]
+    return {
+        "clips_per_video": clips, "repeats": args.repeats, "threads": args.threads, "path": fm.path,
+        "gflop_per_clip": round(gflop, 2), "first_call_s": round(first_call, 1),
+        "reference_clips_per_s": round(1 / med["reference"], 3), "stage_clips_per_s": round(1 / med["stage"], 3),
+        "speedup": round(med["reference"] / med["stage"], 2),
+        "cpu_speedup": round(med_cpu["reference"] / med_cpu["stage"], 2),
+        "reference_model_s_per_clip": round(med["reference_model"], 3), "stage_model_s_per_clip": round(med["stage_model"], 3),
+        "model_speedup": round(med["reference_model"] / med["stage_model"], 2),
+        "model_cpu_speedup": round(med_cpu["reference_model"] / med_cpu["stage_model"], 2),
+        # GFLOP/s per CPU second: what one core achieves, whatever else shares it
+        "reference_gflops_per_cpu_s": round(gflop / med_cpu["reference_model"], 1),
+        "stage_gflops_per_cpu_s": round(gflop / med_cpu["stage_model"], 1),
+        "reference_gflops": round(gflop / med["reference_model"], 1), "stage_gflops": round(gflop / med["stage_model"], 1),
+        # clips after which the compile (first call minus one steady call) has paid for itself
+        "break_even_clips": round(max(first_call - med["stage_model"], 0) / saved) if compiled and saved > 0 else None,
+        "peak": peak, "cpu_flags": cpu_flags(),
+        "load_average": [round(x, 2) for x in loads], "max_abs_diff": diff,
+        "wall_s_per_clip": {k: [round(x, 3) for x in v] for k, v in wall.items()},
+        "cpu_s_per_clip": {k: [round(x, 3) for x in v] for k, v in cpu_s.items()},
+    }
 
 
 # --------------------------------------------------------------------------------- children
@@ -258,7 +373,12 @@ def best(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="default,full,length", help="comma list of default, full, length, ceiling")
+    parser.add_argument("--cases", default="default,fullsize,length",
+                        help="comma list of default, fullsize, full, length, ceiling")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="the stage's extract.compile in the 'fullsize' case")
+    parser.add_argument("--flop-per-cycle", type=int, default=32,
+                        help="fp32 FLOP per cycle per core for the stated peak (2 AVX2 FMA pipes: 2 x 8 x 2 = 32)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="clips per forward pass of the stage (single-video cases)")
@@ -297,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
                                                runs=runs, data=args.data))
             results["default"] = {v: best(rs) for v, rs in rows.items()}
             results["default"]["max_abs_diff"] = max_diff(runs / "extraction" / "default_stage", tmp / "default_reference")
+        if "fullsize" in cases:
+            results["fullsize"] = fullsize(args, tmp)
         videos = {}
         if "full" in cases:
             videos[args.full_frames] = tmp / "short.mp4"
@@ -352,6 +474,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"| {case} | {variant} | {r['clips']} | {r['clips_per_s']} | {r['cpu_seconds']} | {r['peak_rss_mb']} |")
             speed = results[case]["stage"]["clips_per_s"] / results[case]["reference"]["clips_per_s"]
             print(f"| {case} | speed-up | | {speed:.2f}x | | max abs feature diff {results[case]['max_abs_diff']:.2e} |")
+    if "fullsize" in results:
+        r = results["fullsize"]
+        print(f"| fullsize ({r['threads']} threads, {r['path']}) | reference / stage clips/s | {r['clips_per_video']} | "
+              f"{r['reference_clips_per_s']} / {r['stage_clips_per_s']} ({r['speedup']}x wall, {r['cpu_speedup']}x CPU) | "
+              f"fT s/clip {r['reference_model_s_per_clip']} / {r['stage_model_s_per_clip']} ({r['model_speedup']}x wall, "
+              f"{r['model_cpu_speedup']}x CPU), GFLOP per CPU s {r['reference_gflops_per_cpu_s']} / "
+              f"{r['stage_gflops_per_cpu_s']} of {r['peak']['stated_gflops']} stated, "
+              f"{r['peak']['sgemm_gflops']} sgemm | first call {r['first_call_s']} s, "
+              f"max abs diff {r['max_abs_diff']:.1e}, load {r['load_average']} |")
     if "ceiling" in results:
         ceiling = results["ceiling"]["model"]["clips_per_s"]
         for variant in ("model", "pyav", "dali"):

@@ -12,7 +12,8 @@ arguments, each tested alone:
    decodes ahead in its own threads; boxes, crop and resize on the model's device).
    :func:`prepare_clip` is the one place a decoded clip becomes model input, for both.
 3. :func:`extract_stream` batches clips across videos through :class:`FeatureModel`
-   (inference_mode; channels-last and bf16 autocast on CUDA) and hands each finished video
+   (inference_mode; channels-last and bf16 autocast on CUDA; an inductor-compiled graph of fA
+   and fT on the CPU for full-size models, ``extract.compile``) and hands each finished video
    to a :class:`FeatureWriter` (atomic .npy + a resume journal line).
 4. Under torchrun every rank takes every world_size-th video; rank 0 gathers the entries and
    failures and writes manifest.json (+ train/test lists), failures.json and, when nothing
@@ -51,13 +52,12 @@ from aux_code.clips import clip_frame_indices, extraction_starts
 from aux_code.config import config_hash, resolve_under
 from aux_code.datasets import AnomalyVideo, DatasetError, dataset_digests, get_anomaly_dataset
 from aux_code.features import MANIFEST, FeatureSetInfo, VideoEntry, save_features, write_manifest
-from aux_code.models import anonymize_clip
-from aux_code.precision import Precision
 from aux_code.runtime import DistInfo
 from aux_code.training import start_run
 from aux_code.transforms import ClipEval
 from aux_code.video import VideoDecodeError, probe
 from feature_extraction.config import ExtractionConfig
+from feature_extraction.model import FeatureModel, clip_gflop, resolve_compile
 from feature_extraction.decoders import choose_decoder, dali_available, dali_clips, pyav_clips, video_codec
 
 STAGE = "extraction"
@@ -492,37 +492,6 @@ def dali_events(jobs: Sequence[VideoJob], spec: ClipSpec, *, boxes: BoxLookup, a
 # ------------------------------------------------------------------------------------ model
 
 
-class FeatureModel:
-    """fT(fA(x))'s pooled feature for a batch of prepared clips: (B, C, T, r, r) -> (B, D) float32 numpy.
-
-    Channels-last layouts are used on CUDA only: on the 2-core benchmark CPU they made no
-    measurable difference to I3D-R50 (0.62 vs 0.68 s per clip at batch 1, 0.70 vs 0.63 at
-    batch 4, one thread), so the CPU path keeps the plain layout.
-    """
-
-    def __init__(self, anonymizer: nn.Module, utility: nn.Module, *, device: torch.device, precision: str = "auto",
-                 channels_last: bool = True, frames_per_pass: int | None = None) -> None:
-        self.device = device
-        self.precision = Precision(precision, device)
-        self.frames_per_pass = frames_per_pass
-        self.channels_last = channels_last and device.type == "cuda"
-        self.anonymizer = anonymizer.eval().to(device)
-        self.utility = utility.eval().to(device)
-        if self.channels_last:
-            self.anonymizer = self.anonymizer.to(memory_format=torch.channels_last)
-            self.utility = self.utility.to(memory_format=torch.channels_last_3d)
-
-    @torch.inference_mode()
-    def __call__(self, clips: torch.Tensor) -> np.ndarray:
-        x = clips.to(self.device, non_blocking=True)
-        with self.precision.autocast():
-            x = anonymize_clip(self.anonymizer, x, frames_per_pass=self.frames_per_pass)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            _, feature = self.utility(x)
-        return feature.float().cpu().numpy()
-
-
 # ------------------------------------------------------------------------------------ batching
 
 
@@ -743,8 +712,19 @@ def run(cfg: ExtractionConfig) -> int:
     else:
         events = pyav(pending)
 
+    gflop = None
+    if cfg.extract.compile == "auto":
+        try:
+            gflop = clip_gflop(fa.model, utility, (3, cfg.clip.clip_len, cfg.clip.resolution, cfg.clip.resolution))
+        except (RuntimeError, NotImplementedError) as e:  # an op without a meta kernel: stay eager
+            print(f"extraction: could not count the model's FLOPs on the meta device ({type(e).__name__}: {e}); eager",
+                  flush=True)
     model = FeatureModel(fa.model, utility, device=device, precision=cfg.precision,
-                         channels_last=cfg.extract.channels_last, frames_per_pass=cfg.extract.frames_per_pass)
+                         channels_last=cfg.extract.channels_last, frames_per_pass=cfg.extract.frames_per_pass,
+                         compile=resolve_compile(cfg.extract.compile, device, gflop))
+    if dist.is_main:
+        cost = f", {gflop:.1f} GFLOP per clip" if gflop is not None else ""
+        print(f"extraction: model path {model.path}{cost}", flush=True)
     progress = tqdm(total=len(pending), unit="video", disable=not dist.is_main, desc="extracting")
 
     def done(job: int, feats: np.ndarray, num_frames: int) -> None:
@@ -762,13 +742,15 @@ def run(cfg: ExtractionConfig) -> int:
     writer.flush_journal()
 
     failures = _write_outputs(cfg, ctx, jobs=jobs, left_out=left_out, info=info, kept=kept, writer=writer, stats=stats,
-                              loop_seconds=loop_seconds, started=started, decoder=decoder, anonymizer=fa.method)
+                              loop_seconds=loop_seconds, started=started, decoder=decoder, anonymizer=fa.method,
+                              model=model)
     ctx.finish()
     return 1 if failures else 0
 
 
 def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, left_out: dict, info: FeatureSetInfo, kept: dict,
-                   writer: FeatureWriter, stats, loop_seconds: float, started: float, decoder: str, anonymizer: str) -> list[dict]:
+                   writer: FeatureWriter, stats, loop_seconds: float, started: float, decoder: str, anonymizer: str,
+                   model: FeatureModel) -> list[dict]:
     """Gather every rank's entries; rank 0 writes manifest.json (entries, and every video of the splits
     without one in ``missing``), failures.json and (only when nothing failed, as the last action)
     results.json, and prints the summary. Returns the failures."""
@@ -805,6 +787,9 @@ def _write_outputs(cfg: ExtractionConfig, ctx, *, jobs: list, left_out: dict, in
         "clips_per_s": round(clips / seconds, 2) if clips and seconds > 0 else None,
         "extract_seconds": round(seconds, 3),
         "model_seconds": round(max(part["model_seconds"] for part in gathered), 3),
+        # Rank 0's: every rank runs the same path; the first compiled call includes the compile.
+        "model_path": model.path,
+        "compile_seconds": None if model.compile_seconds is None else round(model.compile_seconds, 2),
         "total_seconds": round(total_seconds, 3),
         "feature_dim": info.feature_dim,
         "decoder": decoder,

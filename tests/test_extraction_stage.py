@@ -216,6 +216,8 @@ def test_identity_anonymizer_equals_raw_and_roundtrip(world, runs):
     assert data.train.normal.shape == (2, 1, 8, 257)
     summary = results(raw_dir)
     assert (summary["videos"], summary["extracted"], summary["failed"]) == (8, 8, 0)
+    # The embedded default stays eager (extract.compile auto: the tiny fT is far below the compile threshold).
+    assert (summary["model_path"], summary["compile_seconds"]) == ("eager fp32", None)
     assert summary["config_hash"] == config_hash(config(world, runs, "run.name=raw"))
 
 

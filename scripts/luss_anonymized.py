@@ -24,7 +24,7 @@ from pathlib import Path
 
 from anomaly_detection.luss.config import DATASETS, LussConfig
 from aux_code.config import PROJECT_ROOT, load_config
-from scripts.luss_table1 import interval, overrides_tag, run_luss
+from scripts.luss_table1 import interval, overrides_tag, run_luss, split_overrides
 
 
 def anonymizer_overrides(summary: dict, method: str) -> list[str]:
@@ -55,10 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=None, help="methods of the summary (default: all; raw first)")
     p.add_argument("--config-dir", type=Path, default=PROJECT_ROOT / "configs" / "synthetic" / "luss")
     p.add_argument("overrides", nargs="*", help="key=value passed to every run")
-    a = p.parse_args(argv)
-    if a.methods:  # --methods is greedy: key=value words after it are overrides, not methods
-        a.overrides = [m for m in a.methods if "=" in m] + a.overrides
-        a.methods = [m for m in a.methods if "=" not in m]
+    options, overrides = split_overrides(argv)
+    a = p.parse_args(options)
+    a.overrides = overrides
     summary = json.loads(a.summary.read_text())
     points = summary["points"]
     methods = a.methods or sorted(points, key=lambda m: (m != "raw", m))

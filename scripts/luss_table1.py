@@ -68,6 +68,15 @@ def run_luss(config: Path, name: str, overrides: list[str], *, driver: str = "lu
     return json.loads(results.read_text())
 
 
+def split_overrides(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """(options, key=value overrides): the overrides may come anywhere, even after a list option such as
+    --seeds (whose nargs would otherwise swallow them)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return [a for a in args if a.startswith("-") or "=" not in a], [a for a in args if not a.startswith("-") and "=" in a]
+
+
 def overrides_tag(overrides: list[str]) -> str:
     """'' for no overrides that change numbers (paths.*, run.device), else '_' + a digest of them: runs
     made with other overrides get other names, so a reused run folder is always the one asked for."""
@@ -93,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="luss and vcr: Table 1's row and its baseline; vcr_ffp, vcr_prp: Table 2's other rows")
     p.add_argument("--config-dir", type=Path, default=PROJECT_ROOT / "configs" / "synthetic" / "luss")
     p.add_argument("overrides", nargs="*", help="key=value passed to every run")
-    a = p.parse_args(argv)
+    options, overrides = split_overrides(argv)
+    a = p.parse_args(options)
+    a.overrides = overrides
     summary: dict = {"seeds": a.seeds, "overrides": a.overrides, "runs": {}}
     for d in a.datasets:
         for v in a.variants:

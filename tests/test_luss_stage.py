@@ -58,3 +58,11 @@ def test_table1_interval():
     m, lo, hi = interval([80.0, 82.0, 84.0])  # sd 2, n 3: half-width 4.303 * 2 / sqrt(3)
     assert m == 82.0 and hi - m == pytest.approx(4.303 * 2 / 3**0.5) and m - lo == pytest.approx(hi - m)
     assert interval([70.0]) == (70.0, 70.0, 70.0)
+
+
+def test_table_drivers_take_overrides_after_list_options():
+    from scripts.luss_table1 import split_overrides
+
+    options, overrides = split_overrides(["--seeds", "0", "1", "optim.epochs=3", "--datasets", "ped2", "eval.alphas=[1,0,0]"])
+    assert options == ["--seeds", "0", "1", "--datasets", "ped2"]
+    assert overrides == ["optim.epochs=3", "eval.alphas=[1,0,0]"]

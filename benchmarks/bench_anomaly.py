@@ -148,26 +148,37 @@ def steps(args: argparse.Namespace) -> dict:
     x = torch.rand(2 * args.batch, 32, args.dim + 1)
     labels = torch.cat([torch.zeros(args.batch), torch.ones(args.batch)])
 
-    def step(variant: str) -> float:
-        started = time.perf_counter()
+    def step(variant: str) -> tuple[float, float]:
+        started, cpu = time.perf_counter(), time.process_time()
         out = forwards[variant](models[variant], x)
         loss, _ = mgfn_loss(scores=out.scores, video_scores=out.video_scores, labels=labels, topk_features=out.topk_features)
         optims[variant].zero_grad()
         loss.backward()
         optims[variant].step()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
 
     for variant in models:
         step(variant)  # warm-up
-    times: dict[str, list[float]] = {v: [] for v in models}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step("stage")
+    gflop = counter.get_total_flops() / 1e9
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in models}
     loads = [os.getloadavg()[0]]
     for _ in range(args.step_repeats):
         for variant in models:
             times[variant].append(step(variant))
         loads.append(os.getloadavg()[0])
-    med = {v: statistics.median(t) for v, t in times.items()}
-    return {"threads": args.threads, "batch": f"{args.batch}+{args.batch}", "step_s": {v: round(t, 3) for v, t in med.items()},
-            "speedup": round(med["reference"] / med["stage"], 2), "runs": {v: [round(t, 3) for t in ts] for v, ts in times.items()},
+    med = {v: statistics.median(w for w, _ in t) for v, t in times.items()}
+    # CPU seconds (process time): what the step costs the core, less sensitive than wall time to other jobs
+    med_cpu = {v: statistics.median(c for _, c in t) for v, t in times.items()}
+    return {"threads": args.threads, "batch": f"{args.batch}+{args.batch}", "gflop_per_step": round(gflop, 1),
+            "step_s": {v: round(t, 3) for v, t in med.items()}, "step_cpu_s": {v: round(t, 3) for v, t in med_cpu.items()},
+            "gflops_per_cpu_s": {v: round(gflop / t, 1) for v, t in med_cpu.items()},
+            "speedup": round(med["reference"] / med["stage"], 2), "cpu_speedup": round(med_cpu["reference"] / med_cpu["stage"], 2),
+            "runs": {v: [[round(w, 3), round(c, 3)] for w, c in ts] for v, ts in times.items()},
             "load_average": [round(a, 2) for a in loads]}
 
 
@@ -355,8 +366,11 @@ def main(argv: list[str] | None = None) -> None:
 
     step_figures = steps(args)
     print(f"one training step, {args.preset} MGFN, batch {step_figures['batch']}, {args.threads} threads, median of "
-          f"{args.step_repeats} alternated: reference {step_figures['step_s']['reference']} s, stage "
-          f"{step_figures['step_s']['stage']} s ({step_figures['speedup']}x), load {step_figures['load_average']}", flush=True)
+          f"{args.step_repeats} alternated, {step_figures['gflop_per_step']} GFLOP: reference {step_figures['step_s']['reference']} s "
+          f"({step_figures['step_cpu_s']['reference']} CPU s, {step_figures['gflops_per_cpu_s']['reference']} GFLOP per CPU s), "
+          f"stage {step_figures['step_s']['stage']} s ({step_figures['step_cpu_s']['stage']} CPU s, "
+          f"{step_figures['gflops_per_cpu_s']['stage']}): {step_figures['speedup']}x wall, {step_figures['cpu_speedup']}x CPU; "
+          f"load {step_figures['load_average']}", flush=True)
     if args.steps_only:
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), "steps": step_figures}, indent=1, default=str) + "\n")

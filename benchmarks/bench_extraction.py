@@ -220,7 +220,7 @@ def fullsize(args: argparse.Namespace, tmp: Path) -> dict:
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     model = _utility("i3d_r50")
-    gflop = clip_gflop(IdentityAnonymizer(), model, (3, 16, 224, 224))
+    gflop = clip_gflop(IdentityAnonymizer(), model, (3, 16, 224, 224), probe=224)  # counted at full size, not scaled
     compiled = resolve_compile(args.compile, cpu, gflop)
     fm = FeatureModel(IdentityAnonymizer(), model, device=cpu, compile=compiled)
     clip = torch.rand(1, 3, 16, 224, 224)

@@ -716,9 +716,8 @@ def run(cfg: ExtractionConfig) -> int:
     if cfg.extract.compile == "auto":
         try:
             gflop = clip_gflop(fa.model, utility, (3, cfg.clip.clip_len, cfg.clip.resolution, cfg.clip.resolution))
-        except (RuntimeError, NotImplementedError) as e:  # an op without a meta kernel: stay eager
-            print(f"extraction: could not count the model's FLOPs on the meta device ({type(e).__name__}: {e}); eager",
-                  flush=True)
+        except (RuntimeError, ValueError) as e:  # e.g. a model that refuses the probe's size: stay eager
+            print(f"extraction: could not count the model's FLOPs ({type(e).__name__}: {e}); eager", flush=True)
     model = FeatureModel(fa.model, utility, device=device, precision=cfg.precision,
                          channels_last=cfg.extract.channels_last, frames_per_pass=cfg.extract.frames_per_pass,
                          compile=resolve_compile(cfg.extract.compile, device, gflop))

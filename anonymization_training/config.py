@@ -32,6 +32,7 @@ from typing import Literal, Optional
 
 from aux_code.config import ConfigError, LoaderTrainRunConfig, PathsConfig, opt, resolve_under
 from aux_code.precision import PRECISION_HELP, PrecisionMode, validate_precision
+from aux_code.runtime import DDPSection
 from aux_code.schedule import ScheduleSection
 from aux_code.sections import ClipSection, shared
 
@@ -268,6 +269,7 @@ class AnonymizationConfig:
     schedule: ScheduleSection = opt(ScheduleSection(), "Learning-rate schedule of the single-model tasks (minimax: none).")
     precision: PrecisionMode = opt("auto", PRECISION_HELP)
     eval: EvalSection = opt(EvalSection(), "Validation and selection.")
+    ddp: DDPSection = opt(DDPSection(), "Data-parallel training under torchrun (global batches, BatchNorm over ranks).")
 
     def required_paths(self) -> list[str]:
         needs = {"utility_pretrain": ["ucf101"], "identity": ["ucf101", "vispr"], "budget_ssl": ["vispr"],

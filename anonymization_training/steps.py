@@ -22,6 +22,12 @@ member on the same image batch; :class:`BudgetRestarts` re-initialises them on a
 Anchor, positive and negative clips go through fA and fT as one concatenated batch: one
 forward instead of three (fT's BatchNorm then sees the three roles together in Step 2).
 Losses are computed in float32 even under autocast.
+
+Under torchrun (anonymization_training.train) each step receives a :class:`MinimaxModels`
+view in which only the models that step updates are DistributedDataParallel wrappers (Step 1:
+fA; Step 2: fT, the head and every fB) and the frozen ones are the plain modules, so a step
+all-reduces the gradients of exactly the models it steps; ``LossWeights.across_ranks`` makes
+the batch-coupled terms gather the global batch.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from aux_code.losses.contrastive import (
 from aux_code.models import anonymize_clip
 from aux_code.fit import Stepper
 from aux_code.precision import Precision
+from aux_code.runtime import gather_rows
 
 
 PRIVACY_OBJECTIVES = ("ntxent", "entropy")
@@ -90,6 +97,9 @@ class LossWeights:
     w_b: float = 1.0
     privacy: str = "ntxent"
     budget_task: str = "ntxent"
+    # Under torchrun each rank holds its shard of the global batch: the batch-coupled terms
+    # (NT-Xent's negatives, the similarity certainty, L_I) then gather every rank's rows first.
+    across_ranks: bool = False
 
     @property
     def temporal(self) -> bool:
@@ -148,7 +158,10 @@ def utility_terms(
             temporal = temporal_distinctive_triplet(z[:b], z[b : 2 * b], z[2 * b :], margin=weights.margin)
             name = "triplet"
         else:
-            temporal = temporal_invariance_loss(z[:b], z[b:], temperature=weights.invariance_temperature).loss
+            z_t, z_neg = z[:b], z[b:]
+            if weights.across_ranks:
+                z_t, z_neg = gather_rows(z_t), gather_rows(z_neg)
+            temporal = temporal_invariance_loss(z_t, z_neg, temperature=weights.invariance_temperature).loss
             name = "invariance"
         total, terms = utility_loss(logits, labels, temporal=temporal, omega=weights.omega)
         terms = {**terms, name: temporal}
@@ -171,18 +184,25 @@ class BudgetTerms(NamedTuple):
 
 
 def budget_terms(budget: nn.Module, view1: torch.Tensor, view2: torch.Tensor, *, temperature: float,
-                 precision: Precision | None = None, privacy: str = "ntxent") -> BudgetTerms:
+                 precision: Precision | None = None, privacy: str = "ntxent", across_ranks: bool = False) -> BudgetTerms:
     """NT-Xent (loss, accuracy) of fB on two (already anonymized) views (N, 3, H, W), and fA's
-    privacy term under objective ``privacy`` (one of PRIVACY_OBJECTIVES)."""
+    privacy term under objective ``privacy`` (one of PRIVACY_OBJECTIVES).
+
+    ``across_ranks``: the views are this rank's shard of a global batch; the embeddings of every
+    rank are gathered (aux_code.runtime.gather_rows) so the negatives, and the values, are the
+    global batch's (the same on every rank)."""
     precision = precision or Precision("fp32", view1.device)
     n = view1.shape[0]
     with precision.autocast():
         z = budget(torch.cat([view1, view2])).float()
+    z1, z2 = z[:n], z[n:]
+    if across_ranks:
+        z1, z2 = gather_rows(z1), gather_rows(z2)
     if privacy == "ntxent":
-        result = nt_xent(z[:n], z[n:], temperature=temperature)
+        result = nt_xent(z1, z2, temperature=temperature)
         return BudgetTerms(result.loss, result.accuracy, -result.loss)
     if privacy == "entropy":
-        logits, targets = similarity_logits(z[:n], z[n:], temperature=temperature, name="budget_terms")
+        logits, targets = similarity_logits(z1, z2, temperature=temperature, name="budget_terms")
         result = nt_xent_from_logits(logits, targets)
         return BudgetTerms(result.loss, result.accuracy, similarity_certainty(logits))
     raise ValueError(f"budget_terms: privacy objective {privacy!r} is not one of {', '.join(PRIVACY_OBJECTIVES)}")
@@ -211,7 +231,8 @@ def member_terms(member: nn.Module, v1: torch.Tensor, v2: torch.Tensor, images: 
         if "labels" not in images:
             raise ValueError("budget task 'attributes' needs the image batch's 'labels' (ImageViews(labels=True))")
         return attribute_terms(member, v1, v2, images["labels"], precision=precision)
-    return budget_terms(member, v1, v2, temperature=weights.temperature, precision=precision, privacy=weights.privacy)
+    return budget_terms(member, v1, v2, temperature=weights.temperature, precision=precision, privacy=weights.privacy,
+                        across_ranks=weights.across_ranks)
 
 
 def worst_case(values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -7,10 +7,18 @@ results.json. Checkpoints hold the models as :func:`aux_code.models.stored.pack_
 records under ``ckpt["models"]`` (utility / anonymizer / budget / + embedding for minimax).
 Rerunning the same command resumes from last.pt at the epoch boundary; a finished run only
 rewrites its results.
+
+Every task also runs under ``torchrun --nproc_per_node N`` (docs/multi_gpu.md): batch sizes are
+global, each rank trains on its shard of every global batch (the same batches at any world
+size, so a run resumes under another one), the trained models are DistributedDataParallel
+wrappers (the minimax: only the models a step updates; :func:`step_views`), BatchNorm and
+NT-Xent see the global batch (``ddp.sync_batchnorm``; ``LossWeights.across_ranks``), validation
+runs on every rank and rank 0's numbers decide, and rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -60,12 +68,12 @@ from anonymization_training.steps import (
     member_key,
 )
 from aux_code.checkpoint import CheckpointError
-from aux_code.config import ConfigError
 from aux_code.datasets import VISPR, VISPR_ATTRIBUTES
 from aux_code.fit import Selection, Stepper, StoredModel, Task, fit
 from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_target, build_utility
 from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
+from aux_code.runtime import broadcast_metrics, check_batches, data_parallel, rank_rows
 from aux_code.schedule import Schedule
 from aux_code.training import RunContext, start_run
 from privacy_training.leakage import ssim
@@ -231,14 +239,18 @@ class SingleModelTask(Task):
     differ only in the model, its batches, its loss, its validation and what is reported at the end."""
 
     def __init__(self, cfg: AnonymizationConfig, ctx: RunContext, *, key: str, model: nn.Module, spec: dict,
-                 selection: Selection, batches: Callable[[int], Sized], loss: Callable[[dict, int], dict[str, torch.Tensor]],
+                 selection: Selection, batches: Callable[[int], Sized],
+                 loss: Callable[[nn.Module, dict], dict[str, torch.Tensor]],
                  validate: Callable[[int], dict[str, float]], final: Callable[[nn.Module], dict] | None = None,
                  kind: str | None = None) -> None:
+        """``loss(net, batch)``: the loss terms of one (per-rank) batch through ``net``, the model or,
+        under torchrun, its DistributedDataParallel wrapper; ``validate`` and ``final`` use the model."""
         self.name, self.epochs, self.eval_every, self.selection = cfg.task, cfg.optim.epochs, cfg.eval.every, selection
         self.key, self.kind, self.spec, self.device = key, kind or key, spec, ctx.device
         self.model = model.to(ctx.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.schedule = Schedule(cfg.schedule, lr=cfg.optim.lr, optimizers=[self.optimizer], mode=selection.mode)
+        self.train_model = data_parallel(self.model, ctx.dist, sync_bn=cfg.ddp.sync_batchnorm)
         self._batches, self._loss, self._validate, self._final = batches, loss, validate, final
 
     def models(self) -> dict[str, StoredModel]:
@@ -252,7 +264,7 @@ class SingleModelTask(Task):
         return self._batches(epoch)
 
     def train_step(self, batch: dict, stepper: Stepper) -> dict[str, float]:
-        return stepper.update(self._loss(_to(batch, self.device), stepper.step), self.optimizer)
+        return stepper.update(self._loss(self.train_model, _to(batch, self.device)), self.optimizer)
 
     def validate(self, epoch: int) -> dict[str, float]:
         return self._validate(epoch)
@@ -265,6 +277,12 @@ class SingleModelTask(Task):
 def _augment(cfg: AnonymizationConfig):
     d = cfg.data
     return train_transform(cfg.clip.resolution, scale=d.train_crop_scale, jitter_p=d.color_jitter_p, erase_p=d.erase_p)
+
+
+def _shard(keys: list[list], ctx: RunContext) -> list[list]:
+    """This rank's part of each global batch of (item, sample seed) keys (all of them in one process)."""
+    d = ctx.dist
+    return keys if not d.distributed else [rank_rows(batch, d.rank, d.world_size) for batch in keys]
 
 
 def _action_data(cfg: AnonymizationConfig, ctx: RunContext, *, test: bool = False):
@@ -330,11 +348,11 @@ def task_utility_pretrain(cfg: AnonymizationConfig, ctx: RunContext, precision: 
     def batches(epoch: int):
         keys = epoch_batches(len(train), batch_size=cfg.optim.batch_size, num_batches=steps, seed=cfg.run.seed,
                              stream=STREAM_ACTION, epoch=epoch)
-        return loader(ds, batches=keys, num_workers=cfg.run.num_workers)
+        return loader(ds, batches=_shard(keys, ctx), num_workers=cfg.run.num_workers)
 
-    def loss(batch: dict, step: int) -> dict:
+    def loss(net: nn.Module, batch: dict) -> dict:
         with precision.autocast():
-            logits, _ = model(batch["clip"])
+            logits, _ = net(batch["clip"])
         ce = nn.functional.cross_entropy(logits.float(), batch["label"])
         return {"loss": ce, "top1": (logits.argmax(1) == batch["label"]).float().mean().detach()}
 
@@ -367,12 +385,12 @@ def task_identity(cfg: AnonymizationConfig, ctx: RunContext, precision: Precisio
     def batches(epoch: int):
         keys = epoch_batches(len(ds), batch_size=cfg.optim.batch_size, num_batches=steps, seed=cfg.run.seed,
                              stream=STREAM_FRAMES, epoch=epoch)
-        return loader(ds, batches=keys, num_workers=cfg.run.num_workers)
+        return loader(ds, batches=_shard(keys, ctx), num_workers=cfg.run.num_workers)
 
-    def loss(batch: dict, step: int) -> dict:
+    def loss(net: nn.Module, batch: dict) -> dict:
         x = batch["image"]
         with precision.autocast():
-            y = model(x).float()
+            y = net(x).float()
         return {"loss": (y - x).abs().mean()}
 
     def validate(epoch: int) -> dict:
@@ -404,13 +422,14 @@ def task_budget_ssl(cfg: AnonymizationConfig, ctx: RunContext, precision: Precis
     def batches(epoch: int):
         keys = epoch_batches(len(images_train), batch_size=cfg.optim.image_batch_size, num_batches=steps,
                              seed=cfg.run.seed, stream=STREAM_PRIVACY, epoch=epoch)
-        return loader(ds, batches=keys, num_workers=cfg.run.num_workers)
+        return loader(ds, batches=_shard(keys, ctx), num_workers=cfg.run.num_workers)
 
-    def loss(batch: dict, step: int) -> dict:
+    def loss(net: nn.Module, batch: dict) -> dict:
         if supervised:
-            result = attribute_terms(model, batch["view1"], batch["view2"], batch["labels"], precision=precision)
+            result = attribute_terms(net, batch["view1"], batch["view2"], batch["labels"], precision=precision)
         else:
-            result = budget_terms(model, batch["view1"], batch["view2"], temperature=cfg.loss.temperature, precision=precision)
+            result = budget_terms(net, batch["view1"], batch["view2"], temperature=cfg.loss.temperature, precision=precision,
+                                  across_ranks=ctx.dist.distributed)
         return {"loss": result.loss, "acc": result.accuracy.detach()}
 
     def validate(epoch: int) -> dict:
@@ -547,6 +566,24 @@ def selection_rule(cfg: AnonymizationConfig) -> str:
     return f"eval.select = {e.select}: {rules[e.select]}"
 
 
+def step_views(net: MinimaxModels, ctx: RunContext, *, sync_bn: bool) -> tuple[MinimaxModels, MinimaxModels]:
+    """The models Step 1 and Step 2 call: ``net`` itself in one process; under torchrun, Step 1's
+    view wraps fA alone in DistributedDataParallel and Step 2's wraps fT, the head and every
+    budget member, the other models staying the plain (frozen) modules.
+
+    A DDP wrapper expects a gradient for its parameters after every forward it runs in grad
+    mode; calling a frozen model through one would leave its reducer waiting (the next step
+    fails or hangs) and all-reduce gradients nobody steps. The wrappers share the modules'
+    parameters, so the optimisers, checkpoints and validation keep using ``net``."""
+    if not ctx.dist.distributed:
+        return net, net
+    wrap = lambda m: data_parallel(m, ctx.dist, sync_bn=sync_bn)  # noqa: E731
+    step1 = MinimaxModels(wrap(net.anonymizer), net.utility, net.embedding, net.budget, list(net.ensemble))
+    step2 = MinimaxModels(net.anonymizer, wrap(net.utility), wrap(net.embedding), wrap(net.budget),
+                          [wrap(m) for m in net.ensemble])
+    return step1, step2
+
+
 class MinimaxTask(Task):
     """TeD-SPAD Algorithm 1 (or SPAct / the ablations): each train step is Step 1 (fA) then Step 2 (fT, fB),
     each on its own action and image batch; selection by ``eval.select`` against the epoch-0 validation.
@@ -563,7 +600,7 @@ class MinimaxTask(Task):
         splits, self.train_videos, val, _ = _action_data(cfg, ctx)
         p_train, p_val = load_privacy_splits(cfg.paths.vispr, val_fraction=d.privacy_validation_fraction, val_seed=d.privacy_validation_seed)
         self.images_train, images_val = ImageSource(p_train, cache=d.cache_in_memory), ImageSource(p_val, cache=d.cache_in_memory)
-        self.weights = loss_weights(cfg)
+        self.weights = dataclasses.replace(loss_weights(cfg), across_ranks=ctx.dist.distributed)
         self.action_ds = ActionClips(self.train_videos, _augment(cfg), clip_len=cfg.clip.clip_len, skip=cfg.clip.skip,
                                      triplet=self.weights.temporal, negative_distance=cfg.loss.negative_distance,
                                      negative_min_gap=cfg.loss.negative_min_gap)
@@ -581,6 +618,7 @@ class MinimaxTask(Task):
         }
         for k, member in enumerate(self.net.budgets):
             self.opt[member_key(k)] = torch.optim.Adam(member.parameters(), lr=o.lr_budget, weight_decay=o.weight_decay)
+        self.step1, self.step2 = step_views(self.net, ctx, sync_bn=cfg.ddp.sync_batchnorm)
         # Each member's start of the run, taken before any resume loads later weights into it.
         self._starts = [{key: v.detach().clone() for key, v in m.state_dict().items()} for m in self.net.budgets]
         self.restarts = BudgetRestarts(cfg.budget.restart_every, cfg.budget.restart_from, self._member_start)
@@ -613,7 +651,7 @@ class MinimaxTask(Task):
         self.initial = dict(state["initial"])
 
     def start(self) -> None:
-        self.initial = {**self.validate(0), "epoch": 0}
+        self.initial = {**broadcast_metrics(self.validate(0)), "epoch": 0}
         self.ctx.logger.log(0, self.initial, phase="val")
         _log(self.ctx, "minimax epoch 0 (inits, before any step): " + ", ".join(f"{k}={v:.4g}" for k, v in self.initial.items()))
 
@@ -625,16 +663,16 @@ class MinimaxTask(Task):
                                    seed=seed, stream=STREAM_PRIVACY, epoch=epoch)
         # Each half pulls its own batches as it runs (not all four up front): the data and the
         # steps then use the global RNG in the same order whatever the loader does.
-        self._action = iter(loader(self.action_ds, batches=action_keys, num_workers=workers))
-        self._images = iter(loader(self.image_ds, batches=image_keys, num_workers=workers))
+        self._action = iter(loader(self.action_ds, batches=_shard(action_keys, self.ctx), num_workers=workers))
+        self._images = iter(loader(self.image_ds, batches=_shard(image_keys, self.ctx), num_workers=workers))
         return range(self.steps)
 
     def train_step(self, batch: int, stepper: Stepper) -> dict[str, float]:
         pull = lambda it: _to(next(it), self.device)  # noqa: E731
         restarted = self.restarts.apply(stepper.step, self.net.budgets, self._budget_optimizers())
-        m1 = anonymizer_step(self.net, self.opt["anonymizer"], pull(self._action), pull(self._images),
+        m1 = anonymizer_step(self.step1, self.opt["anonymizer"], pull(self._action), pull(self._images),
                              weights=self.weights, stepper=stepper)
-        m2 = adversary_step(self.net, self.opt["utility"], self.opt["budget"], pull(self._action), pull(self._images),
+        m2 = adversary_step(self.step2, self.opt["utility"], self.opt["budget"], pull(self._action), pull(self._images),
                             weights=self.weights, stepper=stepper, ensemble_optimizers=self._budget_optimizers()[1:])
         out = {**{f"step1_{k}": v for k, v in m1.items()}, **{f"step2_{k}": v for k, v in m2.items()}}
         if self.restarts.every is not None:
@@ -748,14 +786,20 @@ def check_inits(cfg: AnonymizationConfig) -> None:
             )
 
 
+def global_batches(cfg: AnonymizationConfig) -> list[tuple[str, int]]:
+    """The (config key, global batch) pairs the task shards over ranks under torchrun."""
+    o = cfg.optim
+    uses = {"utility_pretrain": ["batch_size"], "identity": ["batch_size"], "budget_ssl": ["image_batch_size"],
+            "minimax": ["batch_size", "image_batch_size"]}
+    return [(f"optim.{k}", getattr(o, k)) for k in uses[cfg.task]]
+
+
 _PRODUCER = {"anonymizer": "identity", "utility": "utility_pretrain", "budget": "budget_ssl"}
 
 
 def run(cfg: AnonymizationConfig) -> dict:
     """The stage (task ``cfg.task``). Returns the results dict (also written to results.json)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # The minimax alternates three optimisers on small batches; it is not sharded (yet).
-        raise ConfigError("anonymization_training runs as a single process; launch it without torchrun")
+    check_batches(int(os.environ.get("WORLD_SIZE", "1")), global_batches(cfg))
     check_inits(cfg)
     ctx = start_run(cfg, stage=STAGE)
     try:

@@ -17,6 +17,11 @@ everything they share::
 
 The :class:`Stepper` is the only place where a loss is checked for non-finite values (naming
 the stage, step, minimax half and every term), scaled for fp16, backpropagated and stepped.
+Under torchrun every rank runs the loop: training metrics are all-reduced means, validation
+metrics are rank 0's (broadcast, so every rank selects, schedules and stops alike), rank 0 alone
+writes; how a task shards its batches and wraps its models is the task's (aux_code.runtime's
+data-parallel helpers). results.json records ``world_size``.
+
 Checkpoints are plain data: ``models`` (stored-model records, aux_code.models.stored),
 ``optimizers``, ``scalers``, ``schedule``, ``task_state``, ``history``, ``config``, ``task``,
 ``epoch``, RNG states and the selection state.
@@ -36,7 +41,7 @@ from aux_code.config import experiment_hash, to_dict
 from aux_code.datasets import DatasetError, dataset_digests
 from aux_code.models.stored import pack_model
 from aux_code.precision import Precision
-from aux_code.runtime import all_reduce_mean
+from aux_code.runtime import all_reduce_mean, broadcast_metrics
 from aux_code.schedule import Schedule
 from aux_code.training import BEST, LAST, RunContext, check_finite
 
@@ -283,6 +288,8 @@ def fit(task: Task, ctx: RunContext, *, cfg: Any, stage: str, precision: Precisi
         value = None
         if task.selection is not None and ((epoch + 1) % task.eval_every == 0 or epoch + 1 == task.epochs):
             metrics = task.validate(epoch + 1)
+            if ctx.dist.distributed:
+                metrics = broadcast_metrics(metrics)
             record.update({f"val_{k}": v for k, v in metrics.items()})
             value = task.score(metrics)
             record["val_selection_score"] = value
@@ -331,6 +338,7 @@ def _finish(task: Task, ctx: RunContext, *, cfg: Any, history: list[dict], preci
         "epochs": task.epochs,
         "precision": precision.name,
         "config_hash": experiment_hash(cfg),
+        "world_size": ctx.dist.world_size,
     }
     results.update(task.finish(chosen))
     if ctx.dist.is_main:

@@ -52,7 +52,7 @@ from aux_code.fit import fit
 from aux_code.models import build_target
 from aux_code.models.mgfn import count_parameters
 from aux_code.precision import Precision
-from aux_code.runtime import MetricLogger
+from aux_code.runtime import DistInfo, MetricLogger
 from aux_code.stats import cmap_ci
 from aux_code.training import BEST, RunContext, check_resumable, rng_state, set_rng_state
 from privacy_training.config import PrivacyConfig
@@ -168,14 +168,15 @@ def worst_case(entries: Mapping[str, Mapping]) -> dict:
 
 
 def _task(cfg: PrivacyConfig, model: nn.Module, spec: dict, splits: Mapping[str, PreparedSplit], *,
-          attributes: tuple[str, ...], cache_key: str, device: torch.device, extra, predictions: Path | None,
+          attributes: tuple[str, ...], cache_key: str, dist: DistInfo, extra, predictions: Path | None,
           name: str, init=None) -> TargetTask:
     train, val, test = splits["train"], splits["val"], splits["test"]
+    device = dist.device
     # The cache is small (uint8): move it once so a step is a gather on the device.
     return TargetTask(model.to(device), spec, images=train.images.to(device), labels=train.labels.to(device),
                       val=(val.images, val.labels.numpy()), test=(test.images, test.labels.numpy()),
                       attributes=attributes, cache_key=cache_key, cfg=cfg, device=device, extra=extra,
-                      predictions=predictions, name=name, init=init)
+                      predictions=predictions, name=name, init=init, dist=dist)
 
 
 def pretrain_key(cfg: PrivacyConfig, raw_key: str) -> dict:
@@ -216,7 +217,7 @@ def pretrain_on_raw(cfg: PrivacyConfig, parent: RunContext, raw: PrivacyData, at
     try:
         with isolated_rng(cfg.run.seed, parent.device):
             model, spec = build_paper_target(cfg, len(attributes))
-            task = _task(pre_cfg, model, spec, raw.splits, attributes=attributes, cache_key=raw.key, device=parent.device,
+            task = _task(pre_cfg, model, spec, raw.splits, attributes=attributes, cache_key=raw.key, dist=parent.dist,
                          extra=lambda test, selected: {"pretrain_key": key}, predictions=None, name="raw_pretrain")
             results = fit(task, ctx, cfg=pre_cfg, stage=STAGE, precision=Precision("fp32", parent.device),
                           log_every=cfg.run.log_every)
@@ -249,7 +250,7 @@ def run_attacker(name: str, cfg: PrivacyConfig, parent: RunContext, *, splits: M
                 model, spec, init = finetune_start(cfg, len(attributes), best)
             else:
                 model, spec = build_other_arch(cfg, len(attributes))
-            task = _task(cfg, model, spec, splits, attributes=attributes, cache_key=cache_key, device=device,
+            task = _task(cfg, model, spec, splits, attributes=attributes, cache_key=cache_key, dist=parent.dist,
                          extra=lambda test, selected: {"attacker": name, "description": ATTACKERS[name]},
                          predictions=run_dir / PREDICTIONS, name=name, init=init)
             results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device), log_every=cfg.run.log_every)
@@ -282,7 +283,7 @@ def run_target_attackers(cfg: PrivacyConfig, ctx: RunContext, *, model: nn.Modul
         entries = {name: scratch if name == "scratch" else others[name] for name in cfg.attackers.run}
         return {**scratch_extra(test), "attackers": entries, "worst_case": worst_case(entries)}
 
-    task = _task(cfg, model, spec, data.splits, attributes=attributes, cache_key=data.key, device=ctx.device,
+    task = _task(cfg, model, spec, data.splits, attributes=attributes, cache_key=data.key, dist=ctx.dist,
                  extra=extra, predictions=predictions, name="target")
     return fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", ctx.device), log_every=cfg.run.log_every)
 

@@ -25,6 +25,7 @@ from aux_code.anonymizers import AnonymizerSection
 from aux_code.config import ConfigError, PathsConfig, TrainRunConfig, opt, resolve_under
 from aux_code.models import available_models
 from aux_code.stats import DEFAULT_RESAMPLES
+from aux_code.runtime import DDPSection
 from aux_code.schedule import ScheduleSection
 from aux_code.sections import StillClipSection, UtilitySource, shared
 
@@ -194,6 +195,7 @@ class PrivacyConfig:
     probe: ProbeSection = opt(ProbeSection(), "Feature-level probe (task: probe).")
     attackers: AttackersSection = opt(AttackersSection(), "task target: the attackers trained and scored (worst case reported).")
     bootstrap: BootstrapSection = opt(BootstrapSection(), "Confidence intervals of every attacker's test cMAP (over test images).")
+    ddp: DDPSection = opt(DDPSection(), "Data-parallel training under torchrun (global batches, BatchNorm over ranks).")
 
     def required_paths(self) -> list[str]:
         return ["vispr"]

@@ -21,9 +21,9 @@ from aux_code.fit import Selection, Stepper, StoredModel, Task
 from aux_code.metrics import cmap
 from aux_code.models.heads import MLPProbe
 from aux_code.models.mgfn import count_parameters
+from aux_code.runtime import DistInfo, check_batches, data_parallel, rank_rows
 from privacy_training.data import to_float
-from privacy_training.report import save_test_predictions
-from privacy_training.target import score_split
+from privacy_training.target import rank_loss_weight, score_split, write_predictions
 
 
 def stack_clip(images: torch.Tensor, length: int) -> torch.Tensor:
@@ -52,13 +52,17 @@ def extract_features(
 
 class ProbeTask(Task):
     """The MLP probe on frozen features (N, D) with attribute labels (N, A), BCE-with-logits and Adam;
-    validated every epoch on validation cMAP. Batches of fewer than 2 rows are skipped."""
+    validated every epoch on validation cMAP. Batches of fewer than 2 rows are skipped.
+
+    Under torchrun ``batch_size`` is the global batch, sharded over ranks as the target model's
+    (privacy_training.target.TargetTask); every rank holds all features."""
 
     name = "probe"
 
     def __init__(self, *, features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], attributes: tuple[str, ...],
                  hidden: int, dropout: float, lr: float, weight_decay: float, epochs: int, batch_size: int, seed: int,
-                 f1_threshold: float, extra: Callable[[dict], dict], predictions: Path | None = None) -> None:
+                 f1_threshold: float, extra: Callable[[dict], dict], predictions: Path | None = None,
+                 dist: DistInfo | None = None, sync_bn: bool = True) -> None:
         """``features`` / ``labels``: {"train", "val", "test"} -> (N, D) / (N, A) on one device; ``extra(test
         report)`` adds the stage's own results (comparison with raw, the utility model) to the selected probe's;
         ``predictions``: where ``finish`` writes the test labels and logits (report.save_test_predictions)."""
@@ -73,6 +77,9 @@ class ProbeTask(Task):
         self.attributes, self.batch_size, self.epochs, self.f1_threshold, self.extra = attributes, batch_size, epochs, f1_threshold, extra
         self.predictions = predictions
         self.selection = Selection("cmap", "max", "max validation cMAP over probe epochs (validation carved from train; test never used)")
+        self.dist = dist if dist is not None else DistInfo(rank=0, world_size=1, local_rank=0, device=train_x.device)
+        check_batches(self.dist.world_size, [("probe.batch_size", batch_size)])
+        self.train_probe = data_parallel(self.probe, self.dist, sync_bn=sync_bn)
 
     def models(self) -> dict[str, StoredModel]:
         return {"probe": StoredModel("probe", self.spec, self.probe)}
@@ -90,11 +97,17 @@ class ProbeTask(Task):
         self.probe.train()
         order = torch.randperm(self.train_x.shape[0], generator=self.generator).to(self.train_x.device)
         chunks = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        return [idx for idx in chunks if idx.numel() >= 2]
+        return [idx for idx in chunks if idx.numel() >= max(2, self.dist.world_size)]
 
     def train_step(self, idx: torch.Tensor, stepper: Stepper) -> dict[str, float]:
-        loss = F.binary_cross_entropy_with_logits(self.probe(self.train_x[idx]), self.train_y[idx])
-        return stepper.update({"loss": loss}, self.optimizer)
+        d = self.dist
+        if not d.distributed:
+            loss = F.binary_cross_entropy_with_logits(self.probe(self.train_x[idx]), self.train_y[idx])
+            return stepper.update({"loss": loss}, self.optimizer)
+        local = rank_rows(idx, d.rank, d.world_size)
+        loss = F.binary_cross_entropy_with_logits(self.train_probe(self.train_x[local]), self.train_y[local])
+        weight = rank_loss_weight(len(local), len(idx), d.world_size)
+        return stepper.update({"loss": loss if weight is None else loss * weight}, self.optimizer)
 
     def validate(self, epoch: int) -> dict[str, float]:
         return {"cmap": cmap(self.labels["val"], probe_logits(self.probe, self.features["val"]), attribute_names=self.attributes).cmap}
@@ -102,7 +115,7 @@ class ProbeTask(Task):
     def report(self, split: str, *, save: Path | None = None) -> dict:
         logits = probe_logits(self.probe, self.features[split])
         if save is not None:
-            save_test_predictions(save, self.labels[split], logits, self.attributes)
+            write_predictions(save, self.labels[split], logits, self.attributes, self.dist)
         return score_split(logits, self.labels[split], attributes=self.attributes, f1_threshold=self.f1_threshold)
 
     def finish(self, selected: dict) -> dict:

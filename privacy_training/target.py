@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aux_code.fit import Selection, Stepper, StoredModel, Task
+from aux_code.runtime import DistInfo, check_batches, data_parallel, rank_rows
 from aux_code.metrics import CMAPResult, cmap, macro_f1
 from aux_code.models.mgfn import count_parameters
 from aux_code.schedule import Schedule
@@ -36,8 +37,11 @@ def augment_batch(
 
     images: float (B, C, H, W) in [0, 1] -> float (B, C, H, W).
     """
-    b = images.shape[0]
-    dev = images.device
+    return warp(images, augment_theta(images.shape[0], min_crop_scale=min_crop_scale, flip=flip, generator=generator))
+
+
+def augment_theta(b: int, *, min_crop_scale: float, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The affine matrices (b, 2, 3) of :func:`augment_batch`'s crops and flips for b images (CPU)."""
     scale = torch.empty(b).uniform_(min_crop_scale, 1.0, generator=generator) if min_crop_scale < 1.0 else torch.ones(b)
     # Centre offset in normalised coordinates, keeping the crop inside [-1, 1].
     shift = (torch.rand(b, 2, generator=generator) * 2.0 - 1.0) * (1.0 - scale)[:, None]
@@ -46,8 +50,19 @@ def augment_batch(
     theta[:, 0, 0] = scale * sign
     theta[:, 1, 1] = scale
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(dev), list(images.shape), align_corners=False)
+    return theta
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """images (B, C, H, W) resampled bilinearly through the affine matrices theta (B, 2, 3)."""
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def rank_loss_weight(local: int, total: int, world_size: int) -> float | None:
+    """The factor that makes a per-rank mean over ``local`` of a global batch's ``total`` items its
+    share of the global mean (the ranks' losses then average to it); None when the shards are equal."""
+    return None if local * world_size == total else local * world_size / total
 
 
 class TargetTask(Task):
@@ -56,6 +71,13 @@ class TargetTask(Task):
 
     Each epoch is a fresh shuffle by the task's own generator (which also draws the augmentations);
     a last batch of one image is dropped (BatchNorm needs two).
+
+    Under torchrun ``optim.batch_size`` stays the global batch: every rank draws the same
+    shuffle and the augmentations of the whole global batch from the same generator, trains
+    the DistributedDataParallel wrapper on its contiguous shard, and weights its loss so the
+    ranks' losses average to the global batch mean (a last batch smaller than the world size
+    is dropped: some rank would have no image). Validation and test scoring run on every rank
+    (rank 0's values decide, aux_code.fit); rank 0 alone writes the predictions.
     """
 
     name = "target"
@@ -63,13 +85,14 @@ class TargetTask(Task):
     def __init__(self, model: nn.Module, spec: dict, *, images: torch.Tensor, labels: torch.Tensor,
                  val: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray], attributes: tuple[str, ...],
                  cache_key: str, cfg, device: torch.device, extra: Callable[[dict, dict], dict],
-                 predictions: Path | None = None, name: str = "target", init: str | dict | None = None) -> None:
+                 predictions: Path | None = None, name: str = "target", init: str | dict | None = None,
+                 dist: DistInfo | None = None) -> None:
         """``val`` / ``test``: (uint8 images, labels); ``extra(test report, selected epoch's record)`` adds the
         stage's own results (comparison with raw, leakage, the other attackers) to the selected model's
         reports; ``predictions``: where ``finish`` writes the test labels and logits
         (privacy_training.report.save_test_predictions), None: nowhere. ``name``: the task's name in its
         checkpoints (an attacker's); ``init``: where the model's weights started (default: model.weights or
-        'scratch')."""
+        'scratch'); ``dist``: the run's ranks (None: one process)."""
         o = cfg.optim
         self.model, self.spec, self.device = model, spec, device
         self.images, self.labels, self.val, self.test, self.extra = images, labels, val, test, extra
@@ -83,6 +106,9 @@ class TargetTask(Task):
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.name = name
         self.init = init if init is not None else (cfg.model.weights or "scratch")
+        self.dist = dist if dist is not None else DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+        check_batches(self.dist.world_size, [("optim.batch_size", o.batch_size)])
+        self.train_model = data_parallel(model, self.dist, sync_bn=cfg.ddp.sync_batchnorm)
 
     def models(self) -> dict[str, StoredModel]:
         return {"target": StoredModel("target", self.spec, self.model)}
@@ -106,21 +132,31 @@ class TargetTask(Task):
         n = self.images.shape[0]
         order = torch.randperm(n, generator=self.generator)
         batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:
+        if len(batches) > 1 and len(batches[-1]) < max(2, self.dist.world_size):
             batches = batches[:-1]
         return batches
 
     def train_step(self, idx: torch.Tensor, stepper: Stepper) -> dict[str, float]:
-        idx = idx.to(self.device)
-        x = augment_batch(to_float(self.images[idx]), min_crop_scale=self.min_crop_scale, flip=self.flip, generator=self.generator)
-        loss = F.binary_cross_entropy_with_logits(self.model(x), self.labels[idx])
-        return stepper.update({"loss": loss}, self.optimizer)
+        d = self.dist
+        if not d.distributed:
+            idx = idx.to(self.device)
+            x = augment_batch(to_float(self.images[idx]), min_crop_scale=self.min_crop_scale, flip=self.flip, generator=self.generator)
+            loss = F.binary_cross_entropy_with_logits(self.model(x), self.labels[idx])
+            return stepper.update({"loss": loss}, self.optimizer)
+        # Every rank draws the whole global batch's augmentations: the generator stays in step.
+        theta = augment_theta(len(idx), min_crop_scale=self.min_crop_scale, flip=self.flip, generator=self.generator)
+        local = rank_rows(idx, d.rank, d.world_size).to(self.device)
+        x = warp(to_float(self.images[local]), rank_rows(theta, d.rank, d.world_size))
+        loss = F.binary_cross_entropy_with_logits(self.train_model(x), self.labels[local])
+        weight = rank_loss_weight(len(local), len(idx), d.world_size)
+        return stepper.update({"loss": loss if weight is None else loss * weight}, self.optimizer)
 
     def report(self, images: torch.Tensor, labels: np.ndarray, *, save: Path | None = None) -> dict:
-        """score_split of the current model on uint8 images (N, 3, R, R); ``save``: also write the labels and logits there."""
+        """score_split of the current model on uint8 images (N, 3, R, R); ``save``: also write the labels and logits there
+        (rank 0; every rank returns once the file is there)."""
         logits = predict_logits(self.model, images, batch_size=self.eval_batch, device=self.device)
         if save is not None:
-            save_test_predictions(save, labels, logits, self.attributes)
+            write_predictions(save, labels, logits, self.attributes, self.dist)
         return score_split(logits, labels, attributes=self.attributes, f1_threshold=self.f1_threshold)
 
     def validate(self, epoch: int) -> dict[str, float]:
@@ -130,6 +166,14 @@ class TargetTask(Task):
         test = self.report(*self.test, save=self.predictions)
         return {**self.extra(test, dict(selected)), "validation": self.report(*self.val), "test": test,
                 "model": {**self.spec, "parameters": count_parameters(self.model), "init": self.init}}
+
+
+def write_predictions(path: Path, labels: np.ndarray, logits: np.ndarray, attributes: tuple[str, ...], dist: DistInfo) -> None:
+    """save_test_predictions on rank 0; the other ranks wait for it (the attackers' intervals read the file)."""
+    if dist.is_main:
+        save_test_predictions(path, labels, logits, attributes)
+    if dist.distributed:
+        torch.distributed.barrier()
 
 
 @torch.inference_mode()

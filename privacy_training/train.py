@@ -23,10 +23,16 @@ test_predictions.npz, as for the target model).
 
 Rerunning the same command resumes the target model from last.pt; a finished run only
 re-evaluates. results.json is written last.
+
+Both tasks (and every attacker) also run under ``torchrun --nproc_per_node N``
+(docs/multi_gpu.md): ``optim.batch_size`` / ``probe.batch_size`` stay global batches sharded
+over the ranks (privacy_training.target.TargetTask), the trained model is a
+DistributedDataParallel wrapper, rank 0 builds the image cache and alone logs and writes files.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -51,7 +57,9 @@ STAGE = "privacy"
 
 
 def _log(msg: str) -> None:
-    print(msg, flush=True)
+    # Under torchrun every rank runs the same code; one copy of each line is enough.
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(msg, flush=True)
 
 
 def _dataset(cfg: PrivacyConfig) -> VISPR:
@@ -59,6 +67,19 @@ def _dataset(cfg: PrivacyConfig) -> VISPR:
 
 
 def _load_data(cfg: PrivacyConfig, fa: FrameAnonymizer, device: torch.device) -> tuple[VISPR, PrivacyData]:
+    """The anonymized splits. Under torchrun rank 0 builds (or reads) the cache first and the other
+    ranks then read it: one rank runs fA over the images and one writes the file."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    first = not distributed or not cfg.cache.enabled or torch.distributed.get_rank() == 0
+    if not first:
+        torch.distributed.barrier()
+    out = _load_data_here(cfg, fa, device)
+    if distributed and cfg.cache.enabled and first:
+        torch.distributed.barrier()
+    return out
+
+
+def _load_data_here(cfg: PrivacyConfig, fa: FrameAnonymizer, device: torch.device) -> tuple[VISPR, PrivacyData]:
     dataset = _dataset(cfg)
     data = load_privacy_data(
         dataset,
@@ -269,7 +290,7 @@ def _run_probe(
     task = ProbeTask(features=feats, labels={name: split.labels.to(device) for name, split in data.splits.items()},
                      attributes=dataset.attributes, hidden=p.hidden, dropout=p.dropout, lr=p.lr, weight_decay=p.weight_decay,
                      epochs=p.epochs, batch_size=p.batch_size, seed=cfg.run.seed, f1_threshold=cfg.eval.f1_threshold, extra=extra,
-                     predictions=ctx.run_dir / PREDICTIONS)
+                     predictions=ctx.run_dir / PREDICTIONS, dist=ctx.dist, sync_bn=cfg.ddp.sync_batchnorm)
     results = fit(task, ctx, cfg=cfg, stage=STAGE, precision=Precision("fp32", device))
     _log(f"[privacy] probe test cMAP {100 * results['test']['cmap']:.2f} (chance {100 * results['test']['chance_cmap']:.2f}) on "
          f"{results['utility']['feature_dim']}-d features of {cfg.utility.checkpoint or cfg.utility.weights}; results in {ctx.run_dir / 'results.json'}")

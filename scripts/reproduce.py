@@ -11,6 +11,11 @@ one (stage 1), the privacy evaluation (stage 2), feature extraction (stage 3) an
 the stage config file named in this config plus a few overrides, so whatever it does can be
 rerun by hand from the command printed before it.
 
+Several GPUs: ``launcher=torchrun nproc_per_node=N`` runs the steps of the stages that scale
+(stages 1-4) under torchrun, the others in this process; ``torchrun_args`` sets the rendezvous
+flags (docs/multi_gpu.md). Batch sizes are global, so a step's fingerprint, and what
+it means, do not depend on how many processes ran it.
+
 Reuse: a step's *fingerprint* hashes its resolved config together with the fingerprints of
 the steps it reads. A run directory whose ``reproduce.json`` holds the same fingerprint and
 ``done`` is reused; the same fingerprint without ``done`` (an interrupted run) resumes from
@@ -40,6 +45,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -207,6 +213,21 @@ class ReproduceConfig:
     bootstrap: BootstrapSection = opt(BootstrapSection(), "Confidence intervals of every cMAP and AUC in the tables, plot and summary.")
     stages: StageFiles = opt(StageFiles(), "Stage config files.")
     overrides: StageOverrides = opt(StageOverrides(), "Per-stage extra overrides.")
+    launcher: Literal["process", "torchrun"] = opt(
+        "process",
+        "How a step runs: 'process' = through its stage's CLI entry inside this process; 'torchrun' = the steps of "
+        "the stages that train or extract data-parallel (anonymization, privacy, extraction, anomaly) as "
+        "`python -m torch.distributed.run <torchrun_args> --nproc_per_node N -m <stage> ...` child processes, the "
+        "others (dpae, luss, two_stream) still in this process (docs/multi_gpu.md). Batch sizes are global, so the "
+        "results mean the same either way.",
+    )
+    nproc_per_node: int = opt(1, "launcher = torchrun: processes per node (one per GPU).")
+    torchrun_args: list[str] = opt(
+        ["--standalone"],
+        "launcher = torchrun: the rendezvous arguments before --nproc_per_node ('--standalone': one machine, a free "
+        "port; e.g. ['--master_port=29600'] beside another job). The driver writes its own files, so it runs on one "
+        "machine; docs/multi_gpu.md gives the stage commands for several.",
+    )
 
     def required_paths(self) -> list[str]:
         return []  # each stage checks its own inputs when it loads its config
@@ -228,6 +249,8 @@ class ReproduceConfig:
         for s in self.sweeps.run:
             if s not in SWEEPS:
                 raise ConfigError(f"sweeps.run: unknown sweep {s!r}; known: {', '.join(SWEEPS)}")
+        if self.nproc_per_node < 1:
+            raise ConfigError(f"nproc_per_node = {self.nproc_per_node} must be >= 1")
         if self.bootstrap.resamples < 1 or not 0.0 < self.bootstrap.level < 1.0:
             raise ConfigError(f"bootstrap: resamples = {self.bootstrap.resamples} must be >= 1 and level = {self.bootstrap.level} in (0, 1)")
         for d in self.sweeps.negative_distance:
@@ -435,6 +458,33 @@ def _read_json(path: Path) -> dict | None:
 def launch(step: Step) -> int:
     """Run one step in this process through its stage's CLI entry; returns the exit status."""
     return importlib.import_module(f"{STAGES[step.stage][2]}.__main__").main(step.argv())
+
+
+# The stages whose runs shard over torchrun ranks; the others refuse a WORLD_SIZE above 1.
+TORCHRUN_STAGES = ("anonymization", "privacy", "extraction", "anomaly")
+
+
+def torchrun_command(step: Step, *, nproc_per_node: int, torchrun_args: Sequence[str]) -> list[str]:
+    """The torchrun command line of one step (the stage's CLI with the step's arguments)."""
+    return [sys.executable, "-m", "torch.distributed.run", *torchrun_args, f"--nproc_per_node={nproc_per_node}",
+            "-m", STAGES[step.stage][2], *step.argv()]
+
+
+def launcher_for(cfg: ReproduceConfig) -> Callable[[Step], int]:
+    """``launch`` for launcher = process; for torchrun, a launcher that starts the steps of
+    TORCHRUN_STAGES under torchrun (waiting for it; its exit status is the step's) and the
+    others in this process."""
+    if cfg.launcher == "process":
+        return launch
+
+    def torchrun_launch(step: Step) -> int:
+        if step.stage not in TORCHRUN_STAGES:
+            return launch(step)
+        command = torchrun_command(step, nproc_per_node=cfg.nproc_per_node, torchrun_args=cfg.torchrun_args)
+        print("  " + " ".join(command), flush=True)
+        return subprocess.run(command).returncode
+
+    return torchrun_launch
 
 
 def _move_aside(run_dir: Path, tag: str, why: str) -> None:
@@ -961,10 +1011,12 @@ def write_outputs(out_dir: Path, summary: dict, tables: str) -> Path:
     return out_dir / f"tables{suffix}.md"
 
 
-def run(cfg: ReproduceConfig, *, launcher=launch) -> int:
+def run(cfg: ReproduceConfig, *, launcher: Callable[[Step], int] | None = None) -> int:
     """Runs the plan and writes the outputs; returns the number of failed or skipped steps.
 
-    Raises PreflightError (nothing run) when a step's config or a file the plan reads is wrong."""
+    ``launcher`` None: the config's (launcher_for). Raises PreflightError (nothing run) when a
+    step's config or a file the plan reads is wrong."""
+    launcher = launcher or launcher_for(cfg)
     plan = build_plan(cfg)
     out_dir = resolve_under(cfg.paths.results, Path("reproduce") / cfg.run.name)
     inputs = preflight(plan, cfg)

@@ -13,10 +13,12 @@ What is checked, and why it would fail if the distributed code were broken:
   give the metrics, selection and weights of one process (deterministic mode; ``TOL``), write
   one checkpoint pair, one results file and one metrics log; a run continues under another
   world size (2 -> 1 in stage 2, 1 -> 2 in stage 1) and ends where the uninterrupted
-  one-process run ends.
+  one-process run ends; a 2-process run whose rank 1 is killed resumes in one process.
 
-The runs are stopped after an epoch by ``optim.epochs`` (a resumable key), which leaves the
-run directory a kill after that epoch's checkpoint leaves (tests/test_faults.py kills runs).
+The resume comparisons stop the first run after an epoch by ``optim.epochs`` (a resumable key),
+which leaves the run directory a kill after that epoch's checkpoint leaves, so the continued run
+can be compared with the uninterrupted one; test_target_killed_rank_resumes_in_one_process kills
+rank 1 of a running 2-process job for real and resumes it in one process.
 
 Dropout draws its masks from each rank's own RNG (seed + rank), so a model with dropout is
 the same in distribution only; the stage-1 comparison builds a fresh fT without dropout
@@ -415,6 +417,62 @@ def test_target_resumes_under_another_world_size(privacy_single, monkeypatch):
     assert shrunk["world_size"] == 1 and shrunk["selection"]["epoch"] == single["selection"]["epoch"]
     assert max_weight_difference(states(runs / "shrink"), states(runs / "single")) < WEIGHT_TOL
     assert shrunk["test"]["cmap"] == pytest.approx(single["test"]["cmap"], abs=TOL)
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of ``rank`` (a descendant of ``parent`` with RANK=<rank>), if it runs."""
+    todo = [parent]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env:
+                return child
+            todo.append(child)
+    return None
+
+
+def test_target_killed_rank_resumes_in_one_process(privacy_single, monkeypatch):
+    """Rank 1 of a 2-process run is killed (SIGKILL) after epoch 1's checkpoint; torchrun stops
+    the job; one process resumes the run directory after the last finished epoch and finishes."""
+    import signal
+    import time
+
+    from aux_code.checkpoint import checkpoint_epoch
+    from privacy_training.__main__ import main
+
+    base, env, runs = privacy_single
+    run_dir = runs / "killed"
+    job = subprocess.Popen([*TORCHRUN, "-m", "privacy_training", *base, "run.name=killed", "optim.epochs=40"],
+                           cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while (checkpoint_epoch(run_dir / "last.pt") or 0) < 1:
+            assert job.poll() is None and time.monotonic() < deadline, "the 2-process run ended or stalled before epoch 1"
+            time.sleep(0.2)
+        victim = _rank_pid(job.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0 and not (run_dir / "results.json").exists(), err[-2000:]
+    done = checkpoint_epoch(run_dir / "last.pt")
+    assert done is not None and 1 <= done < 40
+    monkeypatch.setenv("TEDSPAD_PATHS", env["TEDSPAD_PATHS"])
+    with one_thread():
+        assert main([*base, "run.name=killed", f"optim.epochs={done + 1}"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 1 and results["epochs"] == done + 1
+    assert [h["epoch"] for h in load_checkpoint(run_dir / "last.pt")["history"]] == list(range(1, done + 2))
 
 
 def test_global_batch_must_divide_over_the_ranks(tmp_path, tiny_world, monkeypatch, capsys):

@@ -44,6 +44,7 @@ from aux_code.fit import fit
 from aux_code.datasets.vispr import VISPR
 from aux_code.models.mgfn import count_parameters
 from aux_code.precision import Precision
+from aux_code.runtime import check_batches
 from aux_code.training import RunContext, start_run
 from aux_code.transforms import ClipEval, to_float_image
 from privacy_training.attackers import build_paper_target, run_target_attackers
@@ -137,6 +138,9 @@ def _common_results(cfg: PrivacyConfig, fa: FrameAnonymizer, data: PrivacyData) 
 
 def run(cfg: PrivacyConfig) -> dict:
     """The stage (see the module docstring). Returns the results dict (also in results.json)."""
+    # Before the run folder and the image cache: a global batch the ranks cannot share is a config error.
+    batch = ("probe.batch_size", cfg.probe.batch_size) if cfg.task == "probe" else ("optim.batch_size", cfg.optim.batch_size)
+    check_batches(int(os.environ.get("WORLD_SIZE", "1")), [batch])
     ctx = start_run(cfg, stage=STAGE)
     try:
         fa = build_frame_anonymizer(cfg.anonymizer, runs_root=cfg.paths.runs, device=ctx.device)

@@ -475,7 +475,7 @@ def test_target_killed_rank_resumes_in_one_process(privacy_single, monkeypatch):
     assert [h["epoch"] for h in load_checkpoint(run_dir / "last.pt")["history"]] == list(range(1, done + 2))
 
 
-def test_global_batch_must_divide_over_the_ranks(tmp_path, tiny_world, monkeypatch, capsys):
+def test_global_batch_must_divide_over_the_ranks(tmp_path, tiny_world, make_paths, monkeypatch, capsys):
     """A global batch the world size does not divide stops before any run folder is made."""
     from anonymization_training.__main__ import main
 
@@ -486,6 +486,14 @@ def test_global_batch_must_divide_over_the_ranks(tmp_path, tiny_world, monkeypat
     err = capsys.readouterr().err
     assert "optim.batch_size = 2 is the global batch" in err and "world size 3" in err
     assert not (tmp_path / "anonymization" / "odd").exists()
+
+    from privacy_training.__main__ import main as privacy_main
+
+    monkeypatch.setenv("TEDSPAD_PATHS", str(make_paths(tmp_path / "privacy")))
+    assert privacy_main(["--config", str(PROJECT_ROOT / "configs" / "synthetic" / "privacy" / "default.yaml"),
+                         *PRIVACY_FAST, "run.name=odd"]) == 2
+    assert "optim.batch_size = 8 is the global batch" in capsys.readouterr().err
+    assert not (tmp_path / "privacy" / "runs" / "privacy").exists()  # no run folder, no image cache
 
 
 def test_reproduce_launches_the_stages_that_scale_under_torchrun(monkeypatch):

@@ -113,7 +113,9 @@ DPAE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "dpae_no_dp": ("DP-AE, no DP (Adam)", "no_dp_adam.yaml", ()),
     "dpae_adam_nm0.5": ("DP-AE, DP-Adam, noise 0.5", "dp_adam.yaml", ("dp.noise_multiplier=0.5",)),
     "dpae_adam_nm1": ("DP-AE, DP-Adam, noise 1", "dp_adam.yaml", ("dp.noise_multiplier=1.0",)),
+    "dpae_adagrad_nm0.5": ("DP-AE, DP-Adagrad, noise 0.5", "dp_adagrad.yaml", ("dp.noise_multiplier=0.5",)),
     "dpae_adagrad_nm1": ("DP-AE, DP-Adagrad, noise 1", "dp_adagrad.yaml", ("dp.noise_multiplier=1.0",)),
+    "dpae_sgd_nm0.5": ("DP-AE, DP-SGD, noise 0.5", "dp_sgd.yaml", ("dp.noise_multiplier=0.5",)),
     "dpae_sgd_nm1": ("DP-AE, DP-SGD, noise 1", "dp_sgd.yaml", ("dp.noise_multiplier=1.0",)),
 }
 # Stage 2's attackers (privacy_training.attackers); scratch is the paper's protocol.
@@ -184,7 +186,7 @@ class ReproduceConfig:
         "Methods of the trade-off plot: raw, downsample2x, downsample4x, blur, blacken, face_blur, face_blacken, spact, "
         "tedspad, temporal_invariance, and the issue-14 remedies tedspad_select, spact_select, tedspad_ens, spact_ens, "
         "tedspad_entropy, spact_entropy, tedspad_attributes, spact_attributes, tedspad_bq, spact_bq; Giorgi et al.'s DP autoencoder dpae_no_dp, dpae_adam_nm0.5, dpae_adam_nm1, "
-        "dpae_adagrad_nm1, dpae_sgd_nm1.",
+        "dpae_adagrad_nm0.5, dpae_adagrad_nm1, dpae_sgd_nm0.5, dpae_sgd_nm1.",
     )
     attackers: list[str] = opt(
         ["scratch"],

@@ -354,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads in each variant")
     p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each variant; the fastest is reported")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--variants", default="reference,stage,stage_bf16",
+                   help="comma list of reference, stage, stage_bf16 (stage_bf16 is slow without native bf16: AVX2-only CPUs)")
     p.add_argument("--steps-only", action="store_true",
                    help="only the in-process comparison of one training step, reference and stage alternated")
     p.add_argument("--step-repeats", type=int, default=5, help="alternated training steps per variant (in-process comparison)")
@@ -389,7 +391,9 @@ def main(argv: list[str] | None = None) -> None:
         "--epochs", str(args.epochs), "--threads", str(args.threads), "--features", str(features),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
-    runs: dict[str, list[dict]] = {"reference": [], "stage": [], "stage_bf16": []}
+    runs: dict[str, list[dict]] = {v: [] for v in args.variants.split(",")}
+    if "reference" not in runs:
+        raise SystemExit("bench_anomaly: --variants must include reference (the speed-ups are against it)")
     # Interleaved repeats, best one kept per variant: on a shared machine the minimum is the
     # figure least disturbed by other processes.
     for _ in range(args.repeats):

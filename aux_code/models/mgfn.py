@@ -27,8 +27,9 @@ its checkpoints load), but the network runs token-major, (N, T, C), and computes
 convolution as one matrix product: a k-tap Conv1d over time is ``linear`` of the k shifted
 copies of the sequence stacked on channels (:func:`conv_tokens`), the Focus kernel is k
 shifted multiply-adds, Glance is ``scaled_dot_product_attention``. On the AVX2 benchmark CPU
-the Conv1d path ran its backward at a fraction of the sgemm rate (70% of a paper-size step in
-``convolution_backward``); the products reach it. Each block's ``forward`` still takes and
+a paper-size training step ran at 47-51 GFLOP per CPU second through Conv1d (oneDNN's 1-D
+convolutions and their backward) and at 58-64 as matrix products, whose sgemm runs near the
+core's peak (docs/benchmarks.md, stage 4). Each block's ``forward`` still takes and
 returns (N, C, T); :meth:`tokens` is the token-major form the network chains. The
 straightforward Conv1d/einsum formulation is kept in tests/test_mgfn.py and in
 benchmarks/bench_anomaly.py's reference, which check and time the two against each other.

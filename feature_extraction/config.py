@@ -55,7 +55,8 @@ class ExtractSection:
         "auto",
         "torch.compile fA and fT into one inductor graph with frozen weights (BatchNorm folded into the convolutions; "
         "the first batch compiles, 20-60 s): 'auto' = on the CPU for a model of >= 5 GFLOP per clip (I3D-R50 at "
-        "16x224x224: 32.8, about 2x eager speed; features within 1e-4 of eager), never on CUDA; 'on'; 'off' = eager.",
+        "16x224x224: 32.8, about 2x eager speed; features within 1e-4 of eager), never on CUDA, and eager again if the "
+        "compile fails; 'on' (a failed compile stops the run); 'off' = eager.",
     )
     frames_per_pass: Optional[int] = opt(
         None, "Run the anonymizer on at most this many frames at a time (bounds memory for large batches)."

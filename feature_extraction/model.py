@@ -92,7 +92,7 @@ class FeatureModel:
 
     def __init__(self, anonymizer: nn.Module, utility: nn.Module, *, device: torch.device, precision: str = "auto",
                  channels_last: bool = True, frames_per_pass: int | None = None, compile: bool = False,
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = None, eager_fallback: bool = False) -> None:
         self.device = device
         self.precision = Precision(precision, device)
         self.frames_per_pass = frames_per_pass
@@ -104,6 +104,9 @@ class FeatureModel:
             self.utility = self.utility.to(memory_format=torch.channels_last_3d)
         self.chunk = chunk or (1 if device.type == "cpu" else 8)
         self.compile_seconds: float | None = None
+        # extract.compile=auto chose compiling for the user, so a machine where inductor cannot
+        # build (no C++ compiler, say) falls back to eager with a message instead of stopping.
+        self.eager_fallback = eager_fallback
         self._compiled = torch.compile(self._features, dynamic=False) if compile else None
 
     @property
@@ -136,8 +139,16 @@ class FeatureModel:
                 x = x.clone()
             # Freezing is read when the graph is compiled, outside what torch.compile(options=...)
             # patches: set around every call rather than process-wide.
-            with inductor_config.patch(freezing=True):
-                out = [self._compiled_chunk(part) for part in x.split(self.chunk)]
+            try:
+                with inductor_config.patch(freezing=True):
+                    out = [self._compiled_chunk(part) for part in x.split(self.chunk)]
+            except Exception as e:
+                if not (self.eager_fallback and self.compile_seconds is None):
+                    raise
+                print(f"extraction: compiling the model failed ({type(e).__name__}: {str(e)[:300]}); running it eager "
+                      "(extract.compile=off skips the attempt)", flush=True)
+                self._compiled = None
+                return self(clips)
         return torch.cat(out).cpu().numpy()
 
     def _compiled_chunk(self, part: torch.Tensor) -> torch.Tensor:

@@ -720,7 +720,8 @@ def run(cfg: ExtractionConfig) -> int:
             print(f"extraction: could not count the model's FLOPs ({type(e).__name__}: {e}); eager", flush=True)
     model = FeatureModel(fa.model, utility, device=device, precision=cfg.precision,
                          channels_last=cfg.extract.channels_last, frames_per_pass=cfg.extract.frames_per_pass,
-                         compile=resolve_compile(cfg.extract.compile, device, gflop))
+                         compile=resolve_compile(cfg.extract.compile, device, gflop),
+                         eager_fallback=cfg.extract.compile == "auto")
     if dist.is_main:
         cost = f", {gflop:.1f} GFLOP per clip" if gflop is not None else ""
         print(f"extraction: model path {model.path}{cost}", flush=True)

@@ -88,3 +88,22 @@ def test_compiled_path_is_frozen_matches_eager_and_compiles_once():
     assert any("_convolution_pointwise" in op for op in ops), sorted(ops)
     assert not {"aten::slow_conv3d_forward", "aten::mkldnn_convolution", "aten::native_batch_norm"} & ops
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_failed_compile_falls_back_to_eager_only_when_auto_chose_it(capsys):
+    torch.manual_seed(0)
+    model = I3DResNet(width=4, blocks=(1, 1, 1, 1), num_classes=3)
+    x = torch.rand(2, 3, 8, 32, 32)
+    expected = FeatureModel(IdentityAnonymizer(), model, device=CPU)(x)
+
+    def broken(part):
+        raise RuntimeError("no C++ compiler")
+
+    auto = FeatureModel(IdentityAnonymizer(), model, device=CPU, compile=True, eager_fallback=True)
+    auto._compiled = broken
+    np.testing.assert_array_equal(auto(x), expected)
+    assert auto.path == "eager fp32" and "compiling the model failed (RuntimeError: no C++ compiler)" in capsys.readouterr().out
+    forced = FeatureModel(IdentityAnonymizer(), model, device=CPU, compile=True)  # extract.compile=on: the error stands
+    forced._compiled = broken
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        forced(x)

@@ -159,54 +159,8 @@ def test_training_dropout_varies_the_selection() -> None:
 # --------------------------------------------------------------------------- token-major math vs the Conv1d formulation
 
 
-def _plain_forward(model: MGFN, video: torch.Tensor):
-    """MGFN written the straightforward way, as the public code does it: (N, C, T) layout,
-    F.conv1d for every convolution, einsum attention, the Focus kernel as a grouped conv.
-    Uses the model's own parameters and its BatchNorm modules (so running statistics move alike)."""
-    import torch.nn.functional as F
-    from einops import rearrange
-
-    def cln(norm, x):
-        mean = x.mean(dim=1, keepdim=True)
-        std = x.var(dim=1, unbiased=False, keepdim=True).sqrt()
-        return (x - mean) / (std + norm.eps) * norm.g + norm.b
-
-    def conv(c, x):
-        return F.conv1d(x, c.weight, c.bias, padding=c.padding, groups=c.groups)
-
-    def glance(g, x):
-        q, k, v = conv(g.to_qkv, cln(g.norm, x)).chunk(3, dim=1)
-        q, k, v = (rearrange(t, "n (h d) t -> n h t d", h=g.heads) for t in (q, k, v))
-        attn = torch.einsum("nhid,nhjd->nhij", q * g.scale, k).softmax(dim=-1)
-        out = torch.einsum("nhij,nhjd->nhid", attn, v)
-        return conv(g.to_out, rearrange(out, "n h t d -> n (h d) t"))
-
-    def focus(f, x):
-        n = x.shape[0]
-        v = rearrange(conv(f.to_v, f.norm(x)), "n (d h) t -> (n d) h t", h=f.heads)
-        return conv(f.to_out, rearrange(conv(f.rel_pos, v), "(n d) h t -> n (d h) t", n=n))
-
-    def ff(block, x):
-        norm, up, gelu, dropout, down = block.net
-        return conv(down, dropout(gelu(conv(up, cln(norm, x)))))
-
-    video = rearrange(video, "b t c -> b 1 t c") if video.ndim == 3 else video
-    b = video.shape[0]
-    x = rearrange(video, "b n t c -> (b n) c t")
-    feats, magnitude = x[:, : model.feature_dim], x[:, model.feature_dim :]
-    x = conv(model.to_tokens, feats) + model.magnitude_ratio * conv(model.to_mag, magnitude)
-    for i, stage in enumerate(model.stages):
-        for shortcut, mixer, feed in stage.blocks:
-            x = conv(shortcut, x) + x
-            x = (glance(mixer, x) if isinstance(mixer, Glance) else focus(mixer, x)) + x
-            x = ff(feed, x) + x
-        if i < len(model.transitions):
-            norm, project = model.transitions[i]
-            x = conv(project, cln(norm, x))
-    head = model.head_norm(rearrange(x, "bn c t -> bn t c"))
-    scores = torch.sigmoid(rearrange(model.fc(head), "bn t 1 -> bn t"))
-    return select_topk_segments(rearrange(head, "(b n) t c -> b n t c", b=b), rearrange(scores, "(b n) t -> b n t", b=b),
-                                k=model.k, magnitude_dropout=model.magnitude_dropout, training=model.training)
+# The public code's formulation lives once, in the benchmark that times it against the stage's model.
+from benchmarks.bench_anomaly import plain_forward as _plain_forward  # noqa: E402
 
 
 @pytest.mark.parametrize("preset,feature_dim,crops", [("tiny", FEATURE_DIM, 1), ("tiny", FEATURE_DIM, 3), ("paper", 96, 1)])

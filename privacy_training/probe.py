@@ -101,10 +101,7 @@ class ProbeTask(Task):
 
     def train_step(self, idx: torch.Tensor, stepper: Stepper) -> dict[str, float]:
         d = self.dist
-        if not d.distributed:
-            loss = F.binary_cross_entropy_with_logits(self.probe(self.train_x[idx]), self.train_y[idx])
-            return stepper.update({"loss": loss}, self.optimizer)
-        local = rank_rows(idx, d.rank, d.world_size)
+        local = rank_rows(idx, d.rank, d.world_size)  # the whole batch in one process
         loss = F.binary_cross_entropy_with_logits(self.train_probe(self.train_x[local]), self.train_y[local])
         weight = rank_loss_weight(len(local), len(idx), d.world_size)
         return stepper.update({"loss": loss if weight is None else loss * weight}, self.optimizer)

@@ -25,23 +25,11 @@ from privacy_training.data import PrivacyDataError, to_float
 from privacy_training.report import save_test_predictions
 
 
-def augment_batch(
-    images: torch.Tensor,
-    *,
-    min_crop_scale: float,
-    flip: bool,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Random square crop (side in [min_crop_scale, 1] of the image, anywhere inside it),
-    resized back to (H, W) bilinearly, then a horizontal flip with probability 1/2.
-
-    images: float (B, C, H, W) in [0, 1] -> float (B, C, H, W).
-    """
-    return warp(images, augment_theta(images.shape[0], min_crop_scale=min_crop_scale, flip=flip, generator=generator))
-
-
 def augment_theta(b: int, *, min_crop_scale: float, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The affine matrices (b, 2, 3) of :func:`augment_batch`'s crops and flips for b images (CPU)."""
+    """The training augmentation of b images as affine matrices (b, 2, 3) for :func:`warp` (CPU): a
+    random square crop (side in [min_crop_scale, 1] of the image, anywhere inside it), resized back
+    to (H, W), then a horizontal flip with probability 1/2. Drawn apart from the images so every
+    rank draws a whole global batch's and warps its own shard."""
     scale = torch.empty(b).uniform_(min_crop_scale, 1.0, generator=generator) if min_crop_scale < 1.0 else torch.ones(b)
     # Centre offset in normalised coordinates, keeping the crop inside [-1, 1].
     shift = (torch.rand(b, 2, generator=generator) * 2.0 - 1.0) * (1.0 - scale)[:, None]
@@ -138,12 +126,8 @@ class TargetTask(Task):
 
     def train_step(self, idx: torch.Tensor, stepper: Stepper) -> dict[str, float]:
         d = self.dist
-        if not d.distributed:
-            idx = idx.to(self.device)
-            x = augment_batch(to_float(self.images[idx]), min_crop_scale=self.min_crop_scale, flip=self.flip, generator=self.generator)
-            loss = F.binary_cross_entropy_with_logits(self.model(x), self.labels[idx])
-            return stepper.update({"loss": loss}, self.optimizer)
         # Every rank draws the whole global batch's augmentations: the generator stays in step.
+        # In one process the shard is the batch and train_model the model.
         theta = augment_theta(len(idx), min_crop_scale=self.min_crop_scale, flip=self.flip, generator=self.generator)
         local = rank_rows(idx, d.rank, d.world_size).to(self.device)
         x = warp(to_float(self.images[local]), rank_rows(theta, d.rank, d.world_size))

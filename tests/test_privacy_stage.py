@@ -21,7 +21,7 @@ from privacy_training.config import PrivacyConfig
 from privacy_training.data import cache_key, decode_image, ImageDecodeError
 from privacy_training.leakage import count_faces, mse, psnr, similarity_summary, ssim
 from privacy_training.probe import extract_features, stack_clip
-from privacy_training.target import augment_batch, score_split
+from privacy_training.target import augment_theta, score_split, warp
 
 CONFIGS = PROJECT_ROOT / "configs" / "synthetic" / "privacy"
 # Tiny and quick: 32 px, 2 epochs, small batches; the astronaut photograph is still checked.
@@ -156,13 +156,13 @@ def test_stack_clip_layout_and_features():
 
 def test_augment_identity_crop_and_flip():
     x = torch.rand(4, 3, 8, 8)
-    same = augment_batch(x, min_crop_scale=1.0, flip=False)
+    same = warp(x, augment_theta(4, min_crop_scale=1.0, flip=False))
     assert torch.allclose(same, x, atol=1e-5)
     g = torch.Generator().manual_seed(0)
-    flipped = augment_batch(x, min_crop_scale=1.0, flip=True, generator=g)
+    flipped = warp(x, augment_theta(4, min_crop_scale=1.0, flip=True, generator=g))
     for i in range(4):
         assert torch.allclose(flipped[i], x[i], atol=1e-5) or torch.allclose(flipped[i], x[i].flip(-1), atol=1e-5)
-    cropped = augment_batch(x, min_crop_scale=0.5, flip=False, generator=g)
+    cropped = warp(x, augment_theta(4, min_crop_scale=0.5, flip=False, generator=g))
     assert cropped.shape == x.shape and not torch.allclose(cropped, x)
 
 

@@ -30,7 +30,7 @@ from aux_code.fit import Selection, Stepper, StoredModel, Task, fit
 from aux_code.losses.mgfn import mgfn_loss
 from aux_code.models.mgfn import build_mgfn, count_parameters
 from aux_code.precision import Precision
-from aux_code.runtime import DistInfo
+from aux_code.runtime import DistInfo, data_parallel
 from aux_code.schedule import Schedule
 from aux_code.training import RunContext, start_run
 
@@ -80,10 +80,7 @@ class MGFNTask(Task):
         # Moving the (small, pre-resampled) training tensors once saves a host copy per step on GPU.
         data.train.normal = data.train.normal.to(dist.device)
         data.train.abnormal = data.train.abnormal.to(dist.device)
-        self.train_model: nn.Module = self.model
-        if dist.distributed:
-            ids = [dist.device.index] if dist.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.train_model = data_parallel(self.model, dist, sync_bn=False)
         self.loss_kwargs = loss_options(cfg)
 
     def models(self) -> dict[str, StoredModel]:

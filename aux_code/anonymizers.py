@@ -440,7 +440,6 @@ def build_frame_anonymizer(
     return FrameAnonymizer(section, model.to(device), description, detector=detector)
 
 
-
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the weights of PIL's "L" conversion the grey releases were made with
 
 

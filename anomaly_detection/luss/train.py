@@ -120,8 +120,6 @@ class LussTask(Task):
         self.train_names, self.val_names = [v.name for v in train], [v.name for v in val]
         self.anonymizer = (None if cfg.anonymizer.method == "raw"
                            else build_frame_anonymizer(cfg.anonymizer, runs_root=cfg.paths.runs, device=self.device))
-        if self.anonymizer is not None:
-            self.anonymizer.model.to(self.device)
         self.train_frames = [load_frames(self.frames_of(v)) for v in train]
         self.val_frames = [load_frames(self.frames_of(v)) for v in val]
         self.model = build_luss_ae(preset=cfg.model.preset, clip_len=self.T).to(self.device)

@@ -291,6 +291,7 @@ class Point:
     label: str
     privacy: str  # step keys
     anomaly: tuple[str, ...]  # one stage-4 run per seed
+    dpae: str | None = None  # the DP autoencoder's training run, for its (epsilon, delta)
 
 
 @dataclass
@@ -346,15 +347,17 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
         if dpae is not None:
             # The camera's encoder and the server's decoder of one DP-AE run; fT as for the baselines.
             config, dp_overrides = dpae
-            trained = plan.add(Step("dpae", f"{files.dpae_dir}/{config}", name, (*common, *extra.dpae, *dp_overrides)))
+            trained = dpae_step = plan.add(Step("dpae", f"{files.dpae_dir}/{config}", name, (*common, *extra.dpae, *dp_overrides)))
             anon_overrides = ("anonymizer.method=dpae", f"anonymizer.encoder=dpae/{name}/encoder.pt",
                               f"anonymizer.decoder=dpae/{name}/decoder.pt")
             utility_ckpt = cfg.baseline_utility
             needs = (*utility_needs(utility_ckpt), trained)
         elif minimax is None:
+            dpae_step = None
             anon_overrides, utility_ckpt = anonymizer, cfg.baseline_utility
             needs = utility_needs(utility_ckpt)
         else:
+            dpae_step = None
             trained = plan.add(Step("anonymization", files.minimax, name, anon(*minimax), learned_init(minimax)))
             ckpt = f"anonymization/{name}/best.pt"
             anon_overrides, utility_ckpt, needs = trained_fa(ckpt), ckpt, (trained,)
@@ -374,7 +377,7 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
             ))
             for seed in cfg.anomaly_seeds
         )
-        plan.points[name] = Point(label, privacy, anomaly)
+        plan.points[name] = Point(label, privacy, anomaly, dpae_step)
         return name
 
     main = []
@@ -764,6 +767,29 @@ def attacker_figures(results: dict, run_dir: Path, boot: BootstrapSection) -> di
     return out
 
 
+def image_quality(results: dict) -> dict | None:
+    """SSIM / PSNR / MSE of the anonymized privacy-test images against the originals and the faces
+    the detector finds before and after (stage 2's leakage report); None when the run made none."""
+    leak = results.get("leakage")
+    if not leak or "similarity" not in leak:
+        return None
+    sim, faces, astro = leak["similarity"], leak.get("faces") or {}, leak.get("astronaut") or {}
+    return {
+        "ssim": sim["ssim"], "psnr_db": sim["psnr_db"], "mse": sim["mse"], "images": sim["images"],
+        "images_with_face": {k: faces[k]["images_with_face"] for k in ("before", "after") if k in faces},
+        "astronaut_faces": {k: astro[f"faces_{k}"] for k in ("before", "after") if f"faces_{k}" in astro},
+    }
+
+
+def dp_guarantee(results: dict | None) -> dict | None:
+    """(epsilon, delta) and how they were spent, from a DP autoencoder run's results.json."""
+    if results is None:
+        return None
+    priv = results["privacy"]
+    return {k: priv.get(k) for k in ("private", "optimizer", "noise_multiplier", "max_grad_norm", "epsilon", "delta",
+                                     "steps", "sample_rate", "accountant")}
+
+
 def _interval(compute, *args) -> tuple[dict | None, str | None]:
     """(compute(*args).as_dict(), None), or (None, why) when the run's per-item file is missing or unusable."""
     try:
@@ -813,6 +839,8 @@ def collect(plan: Plan, done: dict[str, dict], boot: BootstrapSection | None = N
             # them was accepted only as a partial result (data.allow_partial).
             "videos_left_out": sorted({v["name"] for r in runs if r for v in r.get("videos_left_out", [])}),
             "partial": any(bool(r.get("partial")) for r in runs if r),
+            "image_quality": image_quality(pr) if pr else None,
+            "dp": dp_guarantee(res(p.dpae)) if p.dpae else None,
         }
         notes = {k: v for k, v in (("cmap_ci", c_note), ("anomaly_ci", a_note)) if v}
         if notes:
@@ -926,7 +954,48 @@ def render_tables(summary: dict) -> str:
                 out.append(f"{p['label']} ({kind}): {len(left)} video(s): {', '.join(left[:10])}{', ...' if len(left) > 10 else ''}")
         if any(points[n].get("videos_left_out") for n in names):
             out.append("")
+        if table == "main" and any(points[n].get("dp") for n in names):
+            out += image_quality_table(summary, names, metric)
     return "\n".join(out)
+
+
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def image_quality_table(summary: dict, names: Sequence[str], metric: str) -> list[str]:
+    """Giorgi et al.'s privacy table (their s.4.2) for every method of the main table: the DP
+    guarantee where there is one, the anonymized privacy-test images against the originals, the
+    faces the detector still finds, beside cMAP and the anomaly metric."""
+    points = summary["points"]
+    out = [
+        "### The DP autoencoder's privacy table (Giorgi et al. s.4.2): anonymized privacy-test images against the originals",
+        "",
+        f"| method | epsilon (delta) | SSIM | PSNR (dB) | MSE | images with a face, before -> after | faces in the astronaut photo, "
+        f"before -> after | privacy cMAP (%) [{_level(summary)}] | anomaly {metric} (%) [{_level(summary)}] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        p, q = points[name], points[name].get("image_quality")
+        dp = p.get("dp")
+        if dp is None:
+            eps = "-"
+        elif not dp["private"]:
+            eps = "none (not private)"
+        else:
+            eps = f"{dp['epsilon']:.1f} ({dp['delta']:g}; {dp['optimizer']}, noise {dp['noise_multiplier']:g})"
+        if q is None:
+            quality = "n/a | n/a | n/a | n/a | n/a"
+        else:
+            faces = " -> ".join(str(q["images_with_face"].get(k, "?")) for k in ("before", "after")) + f" of {q['images']}"
+            astro = " -> ".join(str(q["astronaut_faces"].get(k, "?")) for k in ("before", "after")) if q["astronaut_faces"] else "n/a"
+            quality = f"{_num(q['ssim'], 3)} | {_num(q['psnr_db'], 2)} | {_num(q['mse'], 4)} | {faces} | {astro}"
+        out.append(f"| {_row_label(p)} | {eps} | {quality} | {_with_ci(p['cmap'], p.get('cmap_ci'))} | "
+                   f"{_with_ci(p['anomaly'], p.get('anomaly_ci'))} |")
+    out += ["", "Epsilon: Opacus's accountant over the steps taken, at the delta given (the unit is one training frame); "
+            "it bounds what the autoencoder memorises of its training frames, not what a transmitted frame reveals. "
+            "Images and pixel figures: stage 2's leakage report at the privacy resolution.", ""]
+    return out
 
 
 def draw_tradeoff(summary: dict, path: Path) -> None:

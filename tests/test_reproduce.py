@@ -34,7 +34,9 @@ def test_plan_runs_each_shared_step_once_in_dependency_order():
         for need in step.needs:
             assert keys.index(need) < i, f"{step.key} runs before its input {need}"
     assert keys.count("anonymization/utility") == 1 and "anonymization/identity" in keys
-    assert set(plan.tables["main"]) == {"raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad"}
+    assert set(plan.tables["main"]) == {"raw", "downsample2x", "downsample4x", "blur", "blacken", "spact", "tedspad", "dpae_no_dp",
+                                        "dpae_adam_nm0.5", "dpae_adam_nm1", "dpae_adagrad_nm0.5", "dpae_adagrad_nm1"}
+    assert plan.points["dpae_adam_nm1"].dpae == "dpae/dpae_adam_nm1" and plan.points["tedspad"].dpae is None
     # TeD-SPAD's privacy and extraction read its own anonymizer; raw's extraction the pretrained fT.
     assert "anonymizer.checkpoint=anonymization/tedspad/best.pt" in plan.steps["privacy/tedspad"].overrides
     assert "utility.checkpoint=anonymization/tedspad/best.pt" in plan.steps["extraction/ucf_crime-tedspad"].overrides
@@ -236,6 +238,36 @@ def test_dpae_points_train_the_pair_and_run_it_as_the_anonymizer():
     for k in ("dpae/dpae_adam_nm1", "privacy/dpae_adam_nm1", "extraction/ucf_crime-dpae_adam_nm1"):
         step = plan.steps[k]
         load_config(reproduce.schema_for_stage(step.stage), step.config, list(step.argv()[2:]), check_paths=False)
+
+
+def test_dpae_privacy_table_shows_epsilon_and_image_quality_per_method(tmp_path):
+    plan = reproduce.Plan(points={"raw": reproduce.Point("Raw", "privacy/raw", ("anomaly/raw-s0",)),
+                                  "dpae_no_dp": reproduce.Point("DP-AE, no DP", "privacy/n", ("anomaly/n-s0",), "dpae/n"),
+                                  "dpae_adam_nm1": reproduce.Point("DP-AE, DP-Adam", "privacy/d", ("anomaly/d-s0",), "dpae/d")},
+                          tables={"main": ["raw", "dpae_no_dp", "dpae_adam_nm1"]})
+    done = {}
+    quality = {"raw": (1.0, None, 0.0, 3), "n": (0.317, 16.06, 0.025, 1), "d": (0.205, 15.41, 0.0296, 0)}
+    for key, (ssim, psnr, mse, after) in quality.items():
+        leakage = {"similarity": {"images": 10, "ssim": ssim, "psnr_db": psnr, "mse": mse},
+                   "faces": {"before": {"images_with_face": 3}, "after": {"images_with_face": after}},
+                   "astronaut": {"faces_before": 1, "faces_after": min(after, 1)}}
+        done[f"privacy/{key}"] = {"status": "ran", "results": {"test": {"cmap": 0.6}, "leakage": leakage},
+                                  "run_dir": str(tmp_path / key)}
+        done[f"anomaly/{key}-s0"] = {"status": "ran", "results": {"test": {"headline": {"metric": "auc", "value": 0.8}}},
+                                     "run_dir": str(tmp_path / f"a{key}")}
+    done["dpae/n"] = {"status": "ran", "results": {"privacy": {"private": False, "optimizer": "adam", "epsilon": None, "delta": 1e-5}}}
+    done["dpae/d"] = {"status": "ran", "results": {"privacy": {"private": True, "optimizer": "dp-adam", "noise_multiplier": 1.0,
+                                                                  "epsilon": 11.6759, "delta": 1e-5, "steps": 180}}}
+    summary = reproduce.collect(plan, done, reproduce.BootstrapSection(resamples=20))
+    assert summary["points"]["dpae_adam_nm1"]["dp"]["epsilon"] == 11.6759 and summary["points"]["raw"]["dp"] is None
+    rows = {line.split(" | ")[0]: line for line in reproduce.render_tables(summary).splitlines() if line.startswith("| ")}
+    assert "| 11.7 (1e-05; dp-adam, noise 1) | 0.205 | 15.41 | 0.0296 | 3 -> 0 of 10 | 1 -> 0 |" in rows["| DP-AE, DP-Adam"]
+    assert "| none (not private) | 0.317 | 16.06 | 0.0250 | 3 -> 1 of 10 | 1 -> 1 |" in rows["| DP-AE, no DP"]
+    assert "| - | 1.000 | - | 0.0000 | 3 -> 3 of 10 |" in rows["| Raw"]
+    # without a DP point the table is not printed
+    plan.tables["main"] = ["raw"]
+    del plan.points["dpae_no_dp"], plan.points["dpae_adam_nm1"]
+    assert "privacy table" not in reproduce.render_tables(reproduce.collect(plan, done, reproduce.BootstrapSection(resamples=20)))
 
 
 @pytest.mark.parametrize("override, message", [("attackers=[scratch,oracle]", "unknown attacker 'oracle'"),

@@ -228,6 +228,19 @@ class OptimSection:
     lr_utility: float = opt(1e-4, "minimax: fT + embedding head learning rate (paper 1e-4; public code 1e-5).")
     lr_budget: float = opt(1e-4, "minimax: fB learning rate (paper 1e-4; public code 1e-5).")
     weight_decay: float = shared("optim.weight_decay", 0.0)
+    micro_batch: Optional[int] = opt(
+        None,
+        "minimax: clips per forward/backward pass of fA and fT in both steps; the gradients of batch_size / "
+        "micro_batch passes (per rank under torchrun) are summed, each L_T at its share, before one optimiser step, "
+        "so a step still means one batch_size batch and the image views still go through in one pass (NT-Xent's "
+        "negatives). Changes only BatchNorm's batch statistics (each pass normalised by its own) and the order fT's "
+        "dropout masks are drawn in. null: one pass.",
+    )
+    recompute: list[Literal["anonymizer", "utility", "budget"]] = opt(
+        [],
+        "minimax: models whose activations are recomputed in the backward pass instead of stored "
+        "(torch.utils.checkpoint): the same gradients and BatchNorm statistics for about one more forward of each.",
+    )
 
 
 @dataclass
@@ -298,6 +311,8 @@ class AnonymizationConfig:
             (o.epochs >= 1, f"optim.epochs = {o.epochs} must be >= 1"),
             (o.batch_size >= 1, f"optim.batch_size = {o.batch_size} must be >= 1"),
             (o.image_batch_size >= 2, f"optim.image_batch_size = {o.image_batch_size} must be >= 2 (NT-Xent needs negatives)"),
+            (o.micro_batch is None or o.micro_batch >= 1, f"optim.micro_batch = {o.micro_batch} must be >= 1 or null"),
+            (len(set(o.recompute)) == len(o.recompute), f"optim.recompute = {o.recompute} names a model twice"),
             (o.steps_per_epoch is None or o.steps_per_epoch >= 1, f"optim.steps_per_epoch = {o.steps_per_epoch} must be >= 1 or null"),
             (min(o.lr, o.lr_anonymizer, o.lr_utility, o.lr_budget) > 0, "every optim.lr* must be > 0"),
             (lo.omega >= 0 and lo.margin >= 0, f"loss.omega = {lo.omega} and loss.margin = {lo.margin} must be >= 0"),

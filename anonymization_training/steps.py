@@ -23,6 +23,14 @@ Anchor, positive and negative clips go through fA and fT as one concatenated bat
 forward instead of three (fT's BatchNorm then sees the three roles together in Step 2).
 Losses are computed in float32 even under autocast.
 
+Memory (``optim.micro_batch``; ``optim.recompute`` wraps the models in aux_code.memory's
+Recomputed before the steps see them): the action batch can go through fA and fT in
+``micro_batch``-clip parts whose gradients are summed before the one optimiser step (each
+part's L_T weighted by its share of the batch, so the step's gradient is the batch's). The image views always go through in one pass: NT-Xent's negatives are the
+whole image batch. What micro-batches change is BatchNorm's batch statistics in train mode
+(each micro-batch is normalised by its own, as per-GPU BatchNorm is without sync) and the order
+of fT's dropout masks; recomputation changes nothing but time.
+
 Under torchrun (anonymization_training.train) each step receives a :class:`MinimaxModels`
 view in which only the models that step updates are DistributedDataParallel wrappers (Step 1:
 fA; Step 2: fT, the head and every fB) and the frozen ones are the plain modules, so a step
@@ -56,6 +64,29 @@ from aux_code.runtime import gather_rows
 
 
 PRIVACY_OBJECTIVES = ("ntxent", "entropy")
+def micro_batches(batch: Mapping[str, torch.Tensor], size: int | None) -> list[dict[str, torch.Tensor]]:
+    """The action batch ({"clip", "label", ...}, B rows each) as consecutive micro-batches of
+    ``size`` rows (one part when size is None or >= B); B must be a multiple of size."""
+    b = batch["label"].shape[0]
+    if size is None or size >= b:
+        return [dict(batch)]
+    if b % size:
+        raise ValueError(f"micro-batches of {size} clips do not divide the batch of {b} clips (optim.micro_batch)")
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, b, size)]
+
+
+def _no_sync(module: object, last: bool):
+    """DDP all-reduces once, at the last micro-batch's backward; earlier ones only accumulate."""
+    return contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+
+
+def _mean_logs(parts: Sequence[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Share-weighted means of the micro-batches' logged values (shares sum to 1)."""
+    out: dict[str, float] = {}
+    for share, logs in parts:
+        for k, v in logs.items():
+            out[k] = out.get(k, 0.0) + share * v
+    return out
 
 
 def member_key(k: int) -> str:
@@ -300,7 +331,7 @@ class BudgetRestarts:
         return True
 
 
-def anonymize_action_batch(anonymizer: nn.Module, batch: Mapping[str, torch.Tensor], *, temporal: bool, method: str,
+def anonymize_action_batch(anonymizer: Callable[[torch.Tensor], torch.Tensor], batch: Mapping[str, torch.Tensor], *, temporal: bool, method: str,
                            precision: Precision) -> dict[str, torch.Tensor]:
     """fA on the batch's clips (B, 3, T, H, W), as one concatenated pass; returns anchor/positive/negative."""
     roles = ["clip"]
@@ -312,7 +343,7 @@ def anonymize_action_batch(anonymizer: nn.Module, batch: Mapping[str, torch.Tens
     return {r: out[i * b : (i + 1) * b] for i, r in enumerate(roles)}
 
 
-def anonymize_views(anonymizer: nn.Module, batch: Mapping[str, torch.Tensor], *, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+def anonymize_views(anonymizer: Callable[[torch.Tensor], torch.Tensor], batch: Mapping[str, torch.Tensor], *, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """fA on both image views (N, 3, H, W), as one pass."""
     n = batch["view1"].shape[0]
     with precision.autocast():
@@ -328,34 +359,54 @@ def anonymizer_step(
     *,
     weights: LossWeights,
     stepper: Stepper,
+    micro_batch: int | None = None,
 ) -> dict[str, float]:
     """Step 1: update fA only, on ``w_T * L_T - w_B * L_B``; fT, head, fB frozen in eval mode.
 
     ``action``: {"clip", "label"} (+ "positive", "negative" for temporal methods), clips
     (B, 3, T, H, W); ``images``: {"view1", "view2"} (N, 3, H, W). Returns the loss terms.
+    With micro-batches, L_T of each is backpropagated at its share of B, and the privacy term
+    (one pass over the views) with the last one; then one optimiser step.
     """
     precision = stepper.precision
     models.anonymizer.train()
+    anonymizer, utility = models.anonymizer, models.utility
+    parts = micro_batches(action, micro_batch)
+    logs = []
     with frozen(models.utility, models.embedding, *models.budgets):
-        clips = anonymize_action_batch(models.anonymizer, action, temporal=weights.temporal, method=weights.method,
-                                       precision=precision)
-        l_t, terms, logits = utility_terms(
-            models.utility, models.embedding, clips["clip"], action["label"], weights=weights,
-            positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
-        )
-        v1, v2 = anonymize_views(models.anonymizer, images, precision=precision)
-        members = [member_terms(m, v1, v2, images, weights=weights, precision=precision) for m in models.budgets]
-        privacy, worst = worst_case([m.privacy for m in members])
-        loss = weights.w_t * l_t + weights.w_b * privacy
-        stepper.check({"step1_loss": loss, "L_T": l_t, "L_B": members[worst].loss, "privacy": privacy, **terms},
-                      half="anonymizer (Step 1)")
         optimizer.zero_grad(set_to_none=True)
-        stepper.backward(loss, optimizer, name="anonymizer")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            share = part["label"].shape[0] / action["label"].shape[0]
+            with _no_sync(models.anonymizer, last):
+                clips = anonymize_action_batch(anonymizer, part, temporal=weights.temporal, method=weights.method,
+                                               precision=precision)
+                l_t, terms, logits = utility_terms(
+                    utility, models.embedding, clips["clip"], part["label"], weights=weights,
+                    positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
+                )
+                loss = weights.w_t * (l_t if len(parts) == 1 else l_t * share)
+                checked = {"L_T": l_t, **terms}
+                if last:
+                    v1, v2 = anonymize_views(anonymizer, images, precision=precision)
+                    members = [member_terms(m, v1, v2, images, weights=weights, precision=precision)
+                               for m in models.budgets]
+                    privacy, worst = worst_case([m.privacy for m in members])
+                    loss = loss + weights.w_b * privacy
+                    checked = {"step1_loss": loss, **checked, "L_B": members[worst].loss, "privacy": privacy}
+                stepper.check(checked, half="anonymizer (Step 1)")
+                stepper.accumulate(loss, name="anonymizer")
+            logs.append((share, {"L_T": float(l_t.detach()), **{k: float(v.detach()) for k, v in terms.items()},
+                                 "action_acc": float((logits.argmax(1) == part["label"]).float().mean())}))
+        stepper.step_optimizer(optimizer, name="anonymizer")
+    mean = _mean_logs(logs)
     out = {
-        "loss_A": float(loss.detach()), "L_T": float(l_t.detach()), "L_B": float(members[worst].loss.detach()),
-        "budget_acc": float(members[worst].accuracy), "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),
-        **{k: float(v.detach()) for k, v in terms.items()},
+        "loss_A": weights.w_t * mean["L_T"] + float(weights.w_b * privacy.detach()), "L_T": mean["L_T"],
+        "L_B": float(members[worst].loss.detach()), "budget_acc": float(members[worst].accuracy),
+        "action_acc": mean["action_acc"], **{k: mean[k] for k in terms},
     }
+    if len(parts) == 1:  # the paper's single pass logs its own loss value as computed
+        out["loss_A"] = float(loss.detach())
     if len(members) > 1 or weights.privacy != "ntxent" or weights.budget_task != "ntxent":  # the paper's run logs what it did
         out["privacy"] = float(privacy.detach())
         out["worst_member"] = float(worst)
@@ -372,38 +423,46 @@ def adversary_step(
     weights: LossWeights,
     stepper: Stepper,
     ensemble_optimizers: Sequence[torch.optim.Optimizer] = (),
+    micro_batch: int | None = None,
 ) -> dict[str, float]:
     """Step 2: fA frozen; fT + head minimise L_T, every budget member minimises its own L_B on
     the same anonymized views (``budget_optimizer`` for fB, ``ensemble_optimizers`` for the
-    further members, in order). Logged L_B / budget_acc are the strongest member's."""
+    further members, in order). Logged L_B / budget_acc are the strongest member's. With
+    micro-batches fT's gradient is summed over them (each L_T at its share) before its step."""
     if len(ensemble_optimizers) != len(models.ensemble):
         raise ValueError(f"adversary_step: {len(models.ensemble)} further budget members but "
                          f"{len(ensemble_optimizers)} ensemble optimizers")
     precision = stepper.precision
+    parts = micro_batches(action, micro_batch)
     with frozen(models.anonymizer), torch.no_grad():
-        clips = anonymize_action_batch(models.anonymizer, action, temporal=weights.temporal, method=weights.method,
-                                       precision=precision)
         v1, v2 = anonymize_views(models.anonymizer, images, precision=precision)
     models.utility.train()
     models.embedding.train()
     for member in models.budgets:
         member.train()
-    l_t, terms, logits = utility_terms(
-        models.utility, models.embedding, clips["clip"], action["label"], weights=weights,
-        positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
-    )
-    members = [member_terms(m, v1, v2, images, weights=weights, precision=precision) for m in models.budgets]
-    stepper.check({"L_T": l_t, **{f"L_B_{k}" if k else "L_B": m.loss for k, m in enumerate(members)}, **terms},
-                  half="adversary (Step 2)")
+    members = [member_terms(m, v1, v2, images, weights=weights, precision=precision)
+               for m in models.budgets]
+    stepper.check({f"L_B_{k}" if k else "L_B": m.loss for k, m in enumerate(members)}, half="adversary (Step 2)")
     budget_optimizers = [budget_optimizer, *ensemble_optimizers]
     utility_optimizer.zero_grad(set_to_none=True)
     for opt in budget_optimizers:
         opt.zero_grad(set_to_none=True)
-    stepper.backward(l_t, utility_optimizer, name="utility")
+    utility, logs = models.utility, []
+    for i, part in enumerate(parts):
+        share = part["label"].shape[0] / action["label"].shape[0]
+        with frozen(models.anonymizer), torch.no_grad():
+            clips = anonymize_action_batch(models.anonymizer, part, temporal=weights.temporal, method=weights.method,
+                                           precision=precision)
+        with _no_sync(models.utility, i == len(parts) - 1), _no_sync(models.embedding, i == len(parts) - 1):
+            l_t, terms, logits = utility_terms(
+                utility, models.embedding, clips["clip"], part["label"], weights=weights,
+                positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
+            )
+            stepper.check({"L_T": l_t, **terms}, half="adversary (Step 2)")
+            stepper.accumulate(l_t if len(parts) == 1 else l_t * share, name="utility")
+        logs.append((share, {"L_T": float(l_t.detach()), **{k: float(v.detach()) for k, v in terms.items()},
+                             "action_acc": float((logits.argmax(1) == part["label"]).float().mean())}))
+    stepper.step_optimizer(utility_optimizer, name="utility")
     for k, (m, opt) in enumerate(zip(members, budget_optimizers)):
         stepper.backward(m.loss, opt, name=member_key(k))
-    return {
-        "L_T": float(l_t.detach()), **strongest(members),
-        "action_acc": float((logits.argmax(1) == action["label"]).float().mean()),
-        **{k: float(v.detach()) for k, v in terms.items()},
-    }
+    return {**_mean_logs(logs), **strongest(members)}

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sized
+from typing import Any, Callable, Iterable, Sequence, Sized
 
 import numpy as np
 import torch
@@ -68,8 +68,10 @@ from anonymization_training.steps import (
     member_key,
 )
 from aux_code.checkpoint import CheckpointError
+from aux_code.config import ConfigError
 from aux_code.datasets import VISPR, VISPR_ATTRIBUTES
 from aux_code.fit import Selection, Stepper, StoredModel, Task, fit
+from aux_code.memory import Recomputed
 from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_target, build_utility
 from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
@@ -566,21 +568,30 @@ def selection_rule(cfg: AnonymizationConfig) -> str:
     return f"eval.select = {e.select}: {rules[e.select]}"
 
 
-def step_views(net: MinimaxModels, ctx: RunContext, *, sync_bn: bool) -> tuple[MinimaxModels, MinimaxModels]:
+def step_views(net: MinimaxModels, ctx: RunContext, *, sync_bn: bool,
+               recompute: Sequence[str] = ()) -> tuple[MinimaxModels, MinimaxModels]:
     """The models Step 1 and Step 2 call: ``net`` itself in one process; under torchrun, Step 1's
     view wraps fA alone in DistributedDataParallel and Step 2's wraps fT, the head and every
-    budget member, the other models staying the plain (frozen) modules.
+    budget member, the other models staying the plain (frozen) modules. The models named in
+    ``recompute`` ("anonymizer", "utility", "budget": every member) are called through
+    aux_code.memory.Recomputed, inside any DDP wrapper.
 
     A DDP wrapper expects a gradient for its parameters after every forward it runs in grad
     mode; calling a frozen model through one would leave its reducer waiting (the next step
     fails or hangs) and all-reduce gradients nobody steps. The wrappers share the modules'
     parameters, so the optimisers, checkpoints and validation keep using ``net``."""
-    if not ctx.dist.distributed:
+    if not ctx.dist.distributed and not recompute:
         return net, net
-    wrap = lambda m: data_parallel(m, ctx.dist, sync_bn=sync_bn)  # noqa: E731
-    step1 = MinimaxModels(wrap(net.anonymizer), net.utility, net.embedding, net.budget, list(net.ensemble))
-    step2 = MinimaxModels(net.anonymizer, wrap(net.utility), wrap(net.embedding), wrap(net.budget),
-                          [wrap(m) for m in net.ensemble])
+    plain = lambda role, m: Recomputed(m) if role in recompute else m  # noqa: E731
+    if not ctx.dist.distributed:
+        same = MinimaxModels(plain("anonymizer", net.anonymizer), plain("utility", net.utility), net.embedding,
+                             plain("budget", net.budget), [plain("budget", m) for m in net.ensemble])
+        return same, same
+    wrap = lambda role, m: data_parallel(plain(role, m), ctx.dist, sync_bn=sync_bn)  # noqa: E731
+    step1 = MinimaxModels(wrap("anonymizer", net.anonymizer), plain("utility", net.utility), net.embedding,
+                          plain("budget", net.budget), [plain("budget", m) for m in net.ensemble])
+    step2 = MinimaxModels(plain("anonymizer", net.anonymizer), wrap("utility", net.utility), wrap("embedding", net.embedding),
+                          wrap("budget", net.budget), [wrap("budget", m) for m in net.ensemble])
     return step1, step2
 
 
@@ -618,7 +629,7 @@ class MinimaxTask(Task):
         }
         for k, member in enumerate(self.net.budgets):
             self.opt[member_key(k)] = torch.optim.Adam(member.parameters(), lr=o.lr_budget, weight_decay=o.weight_decay)
-        self.step1, self.step2 = step_views(self.net, ctx, sync_bn=cfg.ddp.sync_batchnorm)
+        self.step1, self.step2 = step_views(self.net, ctx, sync_bn=cfg.ddp.sync_batchnorm, recompute=o.recompute)
         # Each member's start of the run, taken before any resume loads later weights into it.
         self._starts = [{key: v.detach().clone() for key, v in m.state_dict().items()} for m in self.net.budgets]
         self.restarts = BudgetRestarts(cfg.budget.restart_every, cfg.budget.restart_from, self._member_start)
@@ -671,9 +682,10 @@ class MinimaxTask(Task):
         pull = lambda it: _to(next(it), self.device)  # noqa: E731
         restarted = self.restarts.apply(stepper.step, self.net.budgets, self._budget_optimizers())
         m1 = anonymizer_step(self.step1, self.opt["anonymizer"], pull(self._action), pull(self._images),
-                             weights=self.weights, stepper=stepper)
+                             weights=self.weights, stepper=stepper, micro_batch=self.cfg.optim.micro_batch)
         m2 = adversary_step(self.step2, self.opt["utility"], self.opt["budget"], pull(self._action), pull(self._images),
-                            weights=self.weights, stepper=stepper, ensemble_optimizers=self._budget_optimizers()[1:])
+                            weights=self.weights, stepper=stepper, ensemble_optimizers=self._budget_optimizers()[1:],
+                            micro_batch=self.cfg.optim.micro_batch)
         out = {**{f"step1_{k}": v for k, v in m1.items()}, **{f"step2_{k}": v for k, v in m2.items()}}
         if self.restarts.every is not None:
             out["budget_restarted"] = float(restarted)  # the epoch mean times steps = restarts in the epoch
@@ -794,12 +806,25 @@ def global_batches(cfg: AnonymizationConfig) -> list[tuple[str, int]]:
     return [(f"optim.{k}", getattr(o, k)) for k in uses[cfg.task]]
 
 
+def check_micro_batch(cfg: AnonymizationConfig, world_size: int) -> None:
+    """optim.micro_batch must divide the batch each rank trains on (before any folder exists)."""
+    o = cfg.optim
+    if cfg.task != "minimax" or o.micro_batch is None:
+        return
+    per_rank = o.batch_size // world_size
+    if per_rank % o.micro_batch:
+        raise ConfigError(f"optim.micro_batch = {o.micro_batch} must divide the {per_rank} clips each rank trains on "
+                          f"per step (optim.batch_size = {o.batch_size} over {world_size} rank(s))")
+
+
 _PRODUCER = {"anonymizer": "identity", "utility": "utility_pretrain", "budget": "budget_ssl"}
 
 
 def run(cfg: AnonymizationConfig) -> dict:
     """The stage (task ``cfg.task``). Returns the results dict (also written to results.json)."""
-    check_batches(int(os.environ.get("WORLD_SIZE", "1")), global_batches(cfg))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    check_batches(world_size, global_batches(cfg))
+    check_micro_batch(cfg, world_size)
     check_inits(cfg)
     ctx = start_run(cfg, stage=STAGE)
     try:

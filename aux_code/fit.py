@@ -82,15 +82,26 @@ class Stepper:
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *, name: str = "model") -> None:
         """Backpropagate ``loss`` and step ``optimizer`` (gradients must have been zeroed by the caller)."""
+        self.accumulate(loss, name=name)
+        self.step_optimizer(optimizer, name=name)
+
+    def accumulate(self, loss: torch.Tensor, *, name: str = "model") -> None:
+        """Backpropagate ``loss`` into the gradients (under ``name``'s loss scaler), without a step:
+        several calls, then one ``step_optimizer``, sum the gradients of several micro-batches."""
         if name not in self.scalers:
             scaler = self.precision.scaler()
             if scaler is None:
                 loss.backward()
-                optimizer.step()
                 return
             self.scalers[name] = scaler
-        scaler = self.scalers[name]
-        scaler.scale(loss).backward()
+        self.scalers[name].scale(loss).backward()
+
+    def step_optimizer(self, optimizer: torch.optim.Optimizer, *, name: str = "model") -> None:
+        """Step ``optimizer`` on the accumulated gradients (unscaled, skipped on inf, as GradScaler does)."""
+        scaler = self.scalers.get(name)
+        if scaler is None:
+            optimizer.step()
+            return
         scaler.step(optimizer)
         scaler.update()
 

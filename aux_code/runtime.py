@@ -70,6 +70,11 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @classmethod
+    def single(cls, device: torch.device) -> "DistInfo":
+        """One process on ``device`` (no torchrun)."""
+        return cls(rank=0, world_size=1, local_rank=0, device=device)
+
 
 def init_runtime(device: str = "auto") -> DistInfo:
     """Initialise torch.distributed when launched by torchrun (gloo on CPU, nccl on CUDA)."""

@@ -306,7 +306,7 @@ def run_stage(args: argparse.Namespace) -> dict:
     setup = time.perf_counter() - t0
     precision = Precision(precision_mode, device)
     # The task needs only the distributed layout of a run context while it trains and validates.
-    ctx = SimpleNamespace(dist=DistInfo(rank=0, world_size=1, local_rank=0, device=device))
+    ctx = SimpleNamespace(dist=DistInfo.single(device))
     task = MGFNTask(cfg, data, headline_metric(cfg.eval.metric, data.info.dataset), ctx, precision)
     reference_init, _ = _model(args)
     task.model.load_state_dict(reference_init.state_dict())  # same initial weights in every variant

@@ -140,19 +140,33 @@ def reference_iteration(models, opts, action, images, action2, images2):
         o.zero_grad()
 
 
-def stage_iteration(models, opts, action, images, action2, images2, stepper):
+def stage_iteration(models, opts, action, images, action2, images2, stepper, *, micro_batch=None, view=None):
+    """``view``: the models the steps call (e.g. with Recomputed members); default ``models``."""
     from anonymization_training.steps import LossWeights, adversary_step, anonymizer_step
 
     w = LossWeights(method="tedspad", omega=0.1, margin=1.0, temperature=0.1, w_t=0.7, w_b=1.0)
     stepper.step += 1
-    anonymizer_step(models, opts[0], action, images, weights=w, stepper=stepper)
-    adversary_step(models, opts[1], opts[2], action2, images2, weights=w, stepper=stepper)
+    view = view or models
+    anonymizer_step(view, opts[0], action, images, weights=w, stepper=stepper, micro_batch=micro_batch)
+    adversary_step(view, opts[1], opts[2], action2, images2, weights=w, stepper=stepper, micro_batch=micro_batch)
+
+
+def recomputed_view(models, recompute: list[str]):
+    """The stage's step view with the named models recomputed (MinimaxTask's step_views, one process)."""
+    from types import SimpleNamespace
+
+    from anonymization_training.train import step_views
+    from aux_code.runtime import DistInfo
+
+    ctx = SimpleNamespace(dist=DistInfo.single(torch.device("cpu")))
+    return step_views(models, ctx, sync_bn=False, recompute=recompute)[0]
 
 
 # --------------------------------------------------------------------------- worker / driver
 
 
-def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None, amp: str, res: int | None = None) -> dict:
+def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None, amp: str, res: int | None = None,
+           micro_batch: int | None = None, recompute: list[str] = ()) -> dict:
     from aux_code.fit import Stepper
     from aux_code.precision import Precision
 
@@ -164,6 +178,7 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
     if res is not None:
         size["res"] = res
     models = build(size, device)
+    view = recomputed_view(models, list(recompute)) if recompute else None
     lr = 1e-5
     opts = (torch.optim.Adam(models.anonymizer.parameters(), lr=lr),
             torch.optim.Adam([*models.utility.parameters(), *models.embedding.parameters()], lr=lr),
@@ -180,7 +195,7 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
             torch.cuda.synchronize()
         start = time.perf_counter()
         if impl == "stage":
-            stage_iteration(models, opts, action, images, action2, images2, stepper)
+            stage_iteration(models, opts, action, images, action2, images2, stepper, micro_batch=micro_batch, view=view)
         else:
             reference_iteration(models, opts, action, images, action2, images2)
         if device.type == "cuda":
@@ -192,6 +207,7 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
     return {"size": size_name, "impl": impl, "device": str(device), "precision": precision.name if impl == "stage" else "fp32",
             "clips": size["batch"], "images": size["images"], "frames": size["frames"], "res": size["res"],
             "step_s_median": statistics.median(times), "step_s_all": times,
+            "micro_batch": micro_batch, "recompute": list(recompute),
             "peak_mib": peak, "rss_after_import_mib": base_rss, "peak_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS"}
 
 
@@ -216,10 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--res", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch", type=int, default=None, help="stage: optim.micro_batch (clips per pass)")
+    parser.add_argument("--recompute", default="", help="stage: optim.recompute, comma-separated (anonymizer,utility,budget)")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory of one paper-size stage iteration per memory setting, at --memory-res sides and "
+                             "--paper-batch clips (default 8, the paper's), fitted to a line in side^2 and extrapolated to 224")
+    parser.add_argument("--memory-res", default="32,48", help="--memory: input sides measured")
     args = parser.parse_args(argv)
+    recompute = [r for r in args.recompute.split(",") if r]
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.warmup, args.batch, args.amp, args.res)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.warmup, args.batch, args.amp, args.res,
+                                args.micro_batch, recompute)))
         return 0
+    if args.memory:
+        return memory_table(args)
     cuda = torch.cuda.is_available()
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {'cuda: ' + torch.cuda.get_device_name() if cuda else 'cpu'}")
@@ -246,6 +272,53 @@ def main(argv: list[str] | None = None) -> int:
         got = {r["impl"]: r for r in rows if r["size"] == size}
         if {"stage", "reference"} <= got.keys():
             print(f"{size}: stage is {got['reference']['step_s_median'] / got['stage']['step_s_median']:.2f}x the reference's speed")
+    return 0
+
+
+MEMORY_SETTINGS = [  # (optim.micro_batch, optim.recompute)
+    (None, []), (None, ["anonymizer"]), (None, ["anonymizer", "utility", "budget"]), (1, []), (1, ["anonymizer", "utility", "budget"]),
+]
+
+
+def _memory_worker(args, batch: int, side: int, micro: int | None, recompute: list[str]) -> dict | None:
+    cmd = [sys.executable, "-m", "benchmarks.bench_anonymization", "--worker", "paper", "stage", "--amp", args.amp,
+           "--batch", str(batch), "--res", str(side), "--steps", "1", "--warmup", "0"]
+    cmd += (["--micro-batch", str(micro)] if micro else []) + (["--recompute", ",".join(recompute)] if recompute else [])
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(f"micro_batch {micro} recompute {recompute} at {side} px: failed\n{out.stderr[-1500:]}")
+        return None
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def memory_table(args) -> int:
+    """Peak memory per (micro_batch, recompute) at paper model size and batch (8 clips, 16 images)
+    but small frames, one process each. Activations grow with the pixels (side^2); weights, Adam's
+    moments and the runtime do not: the paper setting (the first) is measured at both sides,
+    which gives that fixed part, and each other setting at the first side gives its per-pixel
+    cost; the 224 px figure is fixed + per_pixel * 224^2."""
+    batch = args.paper_batch or 8
+    s0, s1 = (int(r) for r in args.memory_res.split(","))
+    first = [_memory_worker(args, batch, s, *MEMORY_SETTINGS[0]) for s in (s0, s1)]
+    if None in first:
+        return 1
+    per_pixel = (first[1]["peak_mib"] - first[0]["peak_mib"]) / (s1 ** 2 - s0 ** 2)
+    fixed = first[0]["peak_mib"] - per_pixel * s0 ** 2
+    rows = [(MEMORY_SETTINGS[0], first[0], per_pixel)]
+    for micro, recompute in MEMORY_SETTINGS[1:]:
+        row = _memory_worker(args, batch, s0, micro, recompute)
+        if row is not None:
+            rows.append(((micro, recompute), row, (row["peak_mib"] - fixed) / s0 ** 2))
+    print(f"\nfixed part (weights, gradients, Adam, runtime): {fixed:.0f} MiB, from the paper setting at {s0} and {s1} px "
+          f"({first[0]['peak_mib']:.0f} and {first[1]['peak_mib']:.0f} MiB)")
+    print(f"\n| optim.micro_batch | optim.recompute | peak MiB at {batch} clips x {s0} px | s per iteration | activations, MiB "
+          "per 1000 pixels of side^2 | estimated peak at the paper's 8 clips x 224 px, GiB |")
+    print("|---|---|---|---|---|---|")
+    for (micro, recompute), row, pp in rows:
+        print(f"| {micro or 'null'} | {recompute or '[]'} | {row['peak_mib']:.0f} | {row['step_s_median']:.0f} | {pp * 1000:.1f} | "
+              f"{(fixed + pp * 224 ** 2) / 1024:.1f} |")
     return 0
 
 

@@ -77,7 +77,7 @@ class ProbeTask(Task):
         self.attributes, self.batch_size, self.epochs, self.f1_threshold, self.extra = attributes, batch_size, epochs, f1_threshold, extra
         self.predictions = predictions
         self.selection = Selection("cmap", "max", "max validation cMAP over probe epochs (validation carved from train; test never used)")
-        self.dist = dist if dist is not None else DistInfo(rank=0, world_size=1, local_rank=0, device=train_x.device)
+        self.dist = dist if dist is not None else DistInfo.single(train_x.device)
         check_batches(self.dist.world_size, [("probe.batch_size", batch_size)])
         self.train_probe = data_parallel(self.probe, self.dist, sync_bn=sync_bn)
 

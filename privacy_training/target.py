@@ -94,7 +94,7 @@ class TargetTask(Task):
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.name = name
         self.init = init if init is not None else (cfg.model.weights or "scratch")
-        self.dist = dist if dist is not None else DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+        self.dist = dist if dist is not None else DistInfo.single(device)
         check_batches(self.dist.world_size, [("optim.batch_size", o.batch_size)])
         self.train_model = data_parallel(model, self.dist, sync_bn=cfg.ddp.sync_batchnorm)
 

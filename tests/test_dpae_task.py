@@ -50,7 +50,7 @@ def _frames(n: int = 24, size: int = 16) -> np.ndarray:
 
 
 def _ctx(run_dir: Path) -> RunContext:
-    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    dist = DistInfo.single(torch.device("cpu"))
     return RunContext(run_dir=run_dir, dist=dist, logger=MetricLogger(run_dir, tensorboard=False), resume=True)
 
 

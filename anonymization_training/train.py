@@ -71,7 +71,7 @@ from aux_code.checkpoint import CheckpointError
 from aux_code.config import ConfigError
 from aux_code.datasets import VISPR, VISPR_ATTRIBUTES
 from aux_code.fit import Selection, Stepper, StoredModel, Task, fit
-from aux_code.memory import Recomputed
+from aux_code.memory import recompute_blocks
 from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_target, build_utility
 from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
@@ -568,31 +568,30 @@ def selection_rule(cfg: AnonymizationConfig) -> str:
     return f"eval.select = {e.select}: {rules[e.select]}"
 
 
-def step_views(net: MinimaxModels, ctx: RunContext, *, sync_bn: bool,
-               recompute: Sequence[str] = ()) -> tuple[MinimaxModels, MinimaxModels]:
+def step_views(net: MinimaxModels, ctx: RunContext, *, sync_bn: bool) -> tuple[MinimaxModels, MinimaxModels]:
     """The models Step 1 and Step 2 call: ``net`` itself in one process; under torchrun, Step 1's
     view wraps fA alone in DistributedDataParallel and Step 2's wraps fT, the head and every
-    budget member, the other models staying the plain (frozen) modules. The models named in
-    ``recompute`` ("anonymizer", "utility", "budget": every member) are called through
-    aux_code.memory.Recomputed, inside any DDP wrapper.
+    budget member, the other models staying the plain (frozen) modules.
 
     A DDP wrapper expects a gradient for its parameters after every forward it runs in grad
     mode; calling a frozen model through one would leave its reducer waiting (the next step
     fails or hangs) and all-reduce gradients nobody steps. The wrappers share the modules'
     parameters, so the optimisers, checkpoints and validation keep using ``net``."""
-    if not ctx.dist.distributed and not recompute:
-        return net, net
-    plain = lambda role, m: Recomputed(m) if role in recompute else m  # noqa: E731
     if not ctx.dist.distributed:
-        same = MinimaxModels(plain("anonymizer", net.anonymizer), plain("utility", net.utility), net.embedding,
-                             plain("budget", net.budget), [plain("budget", m) for m in net.ensemble])
-        return same, same
-    wrap = lambda role, m: data_parallel(plain(role, m), ctx.dist, sync_bn=sync_bn)  # noqa: E731
-    step1 = MinimaxModels(wrap("anonymizer", net.anonymizer), plain("utility", net.utility), net.embedding,
-                          plain("budget", net.budget), [plain("budget", m) for m in net.ensemble])
-    step2 = MinimaxModels(plain("anonymizer", net.anonymizer), wrap("utility", net.utility), wrap("embedding", net.embedding),
-                          wrap("budget", net.budget), [wrap("budget", m) for m in net.ensemble])
+        return net, net
+    wrap = lambda m: data_parallel(m, ctx.dist, sync_bn=sync_bn)  # noqa: E731
+    step1 = MinimaxModels(wrap(net.anonymizer), net.utility, net.embedding, net.budget, list(net.ensemble))
+    step2 = MinimaxModels(net.anonymizer, wrap(net.utility), wrap(net.embedding), wrap(net.budget),
+                          [wrap(m) for m in net.ensemble])
     return step1, step2
+
+
+def recompute_models(net: MinimaxModels, recompute: Sequence[str]) -> dict[str, int]:
+    """optim.recompute: the blocks of fA ("anonymizer"), fT ("utility") and every budget member
+    ("budget") recompute their activations in the backward pass (aux_code.memory.recompute_blocks,
+    in place, before any DDP wrapper); returns the number of blocks per model."""
+    models = {"anonymizer": [net.anonymizer], "utility": [net.utility], "budget": net.budgets}
+    return {role: sum(recompute_blocks(m) for m in models[role]) for role in recompute}
 
 
 class MinimaxTask(Task):
@@ -629,7 +628,11 @@ class MinimaxTask(Task):
         }
         for k, member in enumerate(self.net.budgets):
             self.opt[member_key(k)] = torch.optim.Adam(member.parameters(), lr=o.lr_budget, weight_decay=o.weight_decay)
-        self.step1, self.step2 = step_views(self.net, ctx, sync_bn=cfg.ddp.sync_batchnorm, recompute=o.recompute)
+        self.recomputed = recompute_models(self.net, o.recompute)
+        if self.recomputed:
+            _log(ctx, "optim.recompute: blocks recomputed in the backward pass: "
+                      + ", ".join(f"{role} {n}" for role, n in self.recomputed.items()))
+        self.step1, self.step2 = step_views(self.net, ctx, sync_bn=cfg.ddp.sync_batchnorm)
         # Each member's start of the run, taken before any resume loads later weights into it.
         self._starts = [{key: v.detach().clone() for key, v in m.state_dict().items()} for m in self.net.budgets]
         self.restarts = BudgetRestarts(cfg.budget.restart_every, cfg.budget.restart_from, self._member_start)

@@ -1,9 +1,10 @@
 """Training a model on fewer bytes without changing what it computes: activation recomputation.
 
-``recomputed(module, x)`` (or a :class:`Recomputed` module) runs ``module(x)`` under ``torch.utils.checkpoint`` (non-reentrant):
+``recomputed(module, x)`` runs ``module(x)`` under ``torch.utils.checkpoint`` (non-reentrant):
 the module's intermediate activations are dropped after the forward pass and computed again
 in the backward pass, so the memory they held is free while the rest of the graph (the models
 downstream) runs. Gradients are those of the plain call; the price is one more forward.
+:func:`recompute_blocks` applies it to every block of a model, which is what lowers the peak.
 
 BatchNorm in train mode would see the recomputation as a second batch and move its running
 statistics twice. The recomputation therefore runs under :func:`batchnorm_statistics_kept`,
@@ -48,14 +49,30 @@ def recomputed(module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
                       context_fn=lambda: (contextlib.nullcontext(), batchnorm_statistics_kept(module)))
 
 
-class Recomputed(nn.Module):
-    """``module`` whose calls are :func:`recomputed`. Wrap before DistributedDataParallel (the
-    recomputation then calls the inner module, never DDP's forward again). It holds the same
-    parameters; save and load the inner module, not this wrapper."""
+def _block_types() -> tuple[type[nn.Module], ...]:
+    from aux_code.models.anonymizer import DoubleConv
+    from aux_code.models.i3d_inception import InceptionBlock
+    from aux_code.models.i3d_resnet import Bottleneck3d
+    from aux_code.models.resnet2d import Bottleneck2d
 
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
+    return (DoubleConv, Bottleneck3d, InceptionBlock, Bottleneck2d)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return recomputed(self.module, *inputs)
+
+def recompute_blocks(model: nn.Module) -> int:
+    """Make every residual / conv block of ``model`` (UNet DoubleConv, I3D and ResNet bottlenecks,
+    Inception blocks) recompute its activations in the backward pass; returns how many.
+
+    Per block, not the whole model: recomputing a whole model in one piece brings all of its
+    activations back at once in the backward pass, so the peak stays what it was; block by
+    block, only the blocks' inputs are stored and one block's internals exist at a time. Each
+    block still sees the whole batch, so BatchNorm's statistics are exact. In place, through
+    torch's checkpoint_wrapper, whose state-dict hooks keep the parameter names (checkpoints
+    load either way). A model without such blocks is left alone (0)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing, checkpoint_wrapper
+
+    kinds = _block_types()
+    count = sum(isinstance(m, kinds) for m in model.modules())
+    if count:
+        apply_activation_checkpointing(model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_fn=recomputed),
+                                       check_fn=lambda m: isinstance(m, kinds))
+    return count

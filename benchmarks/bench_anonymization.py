@@ -140,26 +140,13 @@ def reference_iteration(models, opts, action, images, action2, images2):
         o.zero_grad()
 
 
-def stage_iteration(models, opts, action, images, action2, images2, stepper, *, micro_batch=None, view=None):
-    """``view``: the models the steps call (e.g. with Recomputed members); default ``models``."""
+def stage_iteration(models, opts, action, images, action2, images2, stepper, *, micro_batch=None):
     from anonymization_training.steps import LossWeights, adversary_step, anonymizer_step
 
     w = LossWeights(method="tedspad", omega=0.1, margin=1.0, temperature=0.1, w_t=0.7, w_b=1.0)
     stepper.step += 1
-    view = view or models
-    anonymizer_step(view, opts[0], action, images, weights=w, stepper=stepper, micro_batch=micro_batch)
-    adversary_step(view, opts[1], opts[2], action2, images2, weights=w, stepper=stepper, micro_batch=micro_batch)
-
-
-def recomputed_view(models, recompute: list[str]):
-    """The stage's step view with the named models recomputed (MinimaxTask's step_views, one process)."""
-    from types import SimpleNamespace
-
-    from anonymization_training.train import step_views
-    from aux_code.runtime import DistInfo
-
-    ctx = SimpleNamespace(dist=DistInfo.single(torch.device("cpu")))
-    return step_views(models, ctx, sync_bn=False, recompute=recompute)[0]
+    anonymizer_step(models, opts[0], action, images, weights=w, stepper=stepper, micro_batch=micro_batch)
+    adversary_step(models, opts[1], opts[2], action2, images2, weights=w, stepper=stepper, micro_batch=micro_batch)
 
 
 # --------------------------------------------------------------------------- worker / driver
@@ -178,7 +165,10 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
     if res is not None:
         size["res"] = res
     models = build(size, device)
-    view = recomputed_view(models, list(recompute)) if recompute else None
+    if recompute:
+        from anonymization_training.train import recompute_models
+
+        recompute_models(models, list(recompute))
     lr = 1e-5
     opts = (torch.optim.Adam(models.anonymizer.parameters(), lr=lr),
             torch.optim.Adam([*models.utility.parameters(), *models.embedding.parameters()], lr=lr),
@@ -195,7 +185,7 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
             torch.cuda.synchronize()
         start = time.perf_counter()
         if impl == "stage":
-            stage_iteration(models, opts, action, images, action2, images2, stepper, micro_batch=micro_batch, view=view)
+            stage_iteration(models, opts, action, images, action2, images2, stepper, micro_batch=micro_batch)
         else:
             reference_iteration(models, opts, action, images, action2, images2)
         if device.type == "cuda":

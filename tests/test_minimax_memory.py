@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,10 +11,9 @@ from torch import nn
 
 from anonymization_training.config import AnonymizationConfig
 from anonymization_training.steps import LossWeights, MinimaxModels, adversary_step, anonymizer_step, micro_batches
-from anonymization_training.train import check_micro_batch, step_views
+from anonymization_training.train import check_micro_batch, recompute_models
 from aux_code.config import ConfigError, load_config
-from aux_code.memory import Recomputed, recomputed
-from aux_code.runtime import DistInfo
+from aux_code.memory import recomputed
 from tests.test_anonymization_stage import _stepper, fake_batches, snapshot, tiny_models
 from tests.tiny import ANONYMIZATION_CONFIGS as CONFIGS
 
@@ -61,7 +59,7 @@ def test_recomputed_call_gives_the_plain_gradients_and_batchnorm_statistics_but_
     assert stored_again < stored_plain / 2
     # outside grad mode it is the plain call
     with torch.no_grad():
-        assert torch.equal(Recomputed(again)(x), again(x))
+        assert torch.equal(recomputed(again, x), again(x))
 
 
 def _without_batchnorm(models: MinimaxModels) -> MinimaxModels:
@@ -120,20 +118,26 @@ def test_micro_batches_split_the_action_batch_and_refuse_a_remainder():
 def test_recomputing_every_model_changes_nothing_in_either_step():
     plain = tiny_models()
     again = copy.deepcopy(plain)
+    keys = {k: list(m.state_dict()) for k, m in again.as_dict().items()}
+    blocks = recompute_models(again, ["anonymizer", "utility", "budget"])
+    assert blocks["anonymizer"] == 9 and blocks["utility"] > 0 and blocks["budget"] > 0  # the UNet's 9 DoubleConvs
+    assert {k: list(m.state_dict()) for k, m in again.as_dict().items()} == keys  # checkpoints keep their names
     action, images = fake_batches(b=2)
     weights = LossWeights(method="tedspad")
-    ctx = SimpleNamespace(dist=DistInfo.single(torch.device("cpu")))
-    step1, step2 = step_views(again, ctx, sync_bn=False, recompute=("anonymizer", "utility", "budget"))
-    assert isinstance(step1.anonymizer, Recomputed) and isinstance(step2.budget, Recomputed)
-    for models, (s1, s2) in ((plain, (plain, plain)), (again, (step1, step2))):
+    for models in (plain, again):
         opt_a, opt_t, opt_b = _sgd(models)  # (Adam's first step is about lr * sign(g): rounding noise would flip it)
         torch.manual_seed(0)  # fT's dropout masks
-        anonymizer_step(s1, opt_a, action, images, weights=weights, stepper=_stepper(1))
-        adversary_step(s2, opt_t, opt_b, action, images, weights=weights, stepper=_stepper(1))
+        anonymizer_step(models, opt_a, action, images, weights=weights, stepper=_stepper(1))
+        adversary_step(models, opt_t, opt_b, action, images, weights=weights, stepper=_stepper(1))
     for key, module in plain.as_dict().items():
         other = snapshot(again.as_dict()[key])
         for name, value in snapshot(module).items():  # parameters and BatchNorm statistics
             assert torch.allclose(value.float(), other[name].float(), rtol=0, atol=1e-6), f"{key}.{name}"
+    # the point of it: fA stores its blocks' inputs, not their activations
+    x = torch.rand(12, 3, 32, 32, requires_grad=True)
+    stored_plain, _ = _saved_bytes(lambda: plain.anonymizer(x))
+    stored_blocks, _ = _saved_bytes(lambda: again.anonymizer(x))
+    assert stored_blocks < stored_plain / 3
 
 
 def test_memory_options_are_checked_before_work():

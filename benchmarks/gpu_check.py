@@ -13,8 +13,9 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` (one table, a row per item) to ``
 - extraction: full-size I3D-R50 (16x224x224) clips/s through the stage's FeatureModel alone
   (the model-only ceiling, batch 32, precision auto) and through the stage's PyAV pipeline on
   H.264 videos (needs PyAV), as a fraction of the ceiling.
-- minimax: one stage-1 iteration (Step 1 + Step 2) at paper size, 16x224x224, batch 8, bf16:
-  median step time and torch.cuda.max_memory_allocated (an out-of-memory is reported, not raised).
+- minimax: one stage-1 iteration (Step 1 + Step 2) at paper size, 16x224x224, batch 8, bf16,
+  with the shipped config's optim.micro_batch / optim.recompute: median step time and
+  torch.cuda.max_memory_allocated (an out-of-memory is reported, not raised).
 - mgfn: paper-size MGFN training step (16+16 videos x 32 segments x 2049) on CUDA, fp32 and
   bf16, and the epoch of the UCF-Crime training set (810 normal / 16 per step: 50 steps).
 - dali: DALI's GPU reader on H.264 against PyAV (clip starts equal, mean pixel difference),
@@ -158,10 +159,26 @@ def item_extraction(cuda: bool, tmp: Path) -> dict:
     return out
 
 
-def item_minimax(cuda: bool) -> dict:
-    """A child process (bench_anonymization's worker), so an out-of-memory cannot take this check down."""
+def paper_memory_setting() -> tuple[int | None, list[str]]:
+    """optim.micro_batch and optim.recompute of the shipped paper minimax (configs/anonymization/tedspad.yaml)."""
+    from anonymization_training.config import AnonymizationConfig
+    from aux_code.config import load_config
+
+    cfg = load_config(AnonymizationConfig, str(ROOT / "configs" / "anonymization" / "tedspad.yaml"), [], check_paths=False)
+    return cfg.optim.micro_batch, list(cfg.optim.recompute)
+
+
+def minimax_command() -> list[str]:
+    """bench_anonymization's worker at the paper's size and batch, bf16, with the shipped memory setting."""
+    micro, recompute = paper_memory_setting()
     cmd = [sys.executable, "-m", "benchmarks.bench_anonymization", "--worker", "paper", "stage", "--amp", "bf16",
            "--batch", "8", "--res", "224", "--steps", "2", "--warmup", "1"]
+    return cmd + (["--micro-batch", str(micro)] if micro else []) + (["--recompute", ",".join(recompute)] if recompute else [])
+
+
+def item_minimax(cuda: bool) -> dict:
+    """A child process (bench_anonymization's worker), so an out-of-memory cannot take this check down."""
+    cmd = minimax_command()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUTS["minimax"])
@@ -173,6 +190,7 @@ def item_minimax(cuda: bool) -> dict:
                 "output": done.stderr[-1500:]}
     row = json.loads(done.stdout.strip().splitlines()[-1])
     return {"status": "ok", "precision": row["precision"], "clips": row["clips"], "images": row["images"],
+            "micro_batch": row["micro_batch"], "recompute": row["recompute"],
             "step_s": round(row["step_s_median"], 3), "peak_gib": round(row["peak_mib"] / 1024, 2)}
 
 
@@ -247,7 +265,7 @@ def item_dali(cuda: bool, tmp: Path) -> dict:
 # --------------------------------------------------------------------------------- driver
 
 ITEMS = ("env", "gpu_tests", "extraction", "minimax", "mgfn", "dali")
-NEEDS = {"extraction": ("einops", "tqdm", "av"), "minimax": ("einops",), "mgfn": ("einops",), "gpu_tests": ("pytest",)}
+NEEDS = {"extraction": ("einops", "tqdm", "av"), "minimax": ("einops", "yaml"), "mgfn": ("einops",), "gpu_tests": ("pytest",)}
 
 
 def run_item(name: str, cuda: bool, out_dir: Path, tmp: Path) -> dict:

@@ -55,3 +55,14 @@ def test_missing_packages_are_named(monkeypatch):
     assert gpu_check.missing("av", "einops") == ["av (PyAV)"]
     assert gpu_check.item_dali(True, Path(".")) == {"status": "skipped", "reason": "needs av (PyAV)"}
     assert gpu_check.packages()["av (PyAV)"] is False
+
+
+def test_minimax_item_runs_the_shipped_paper_memory_setting():
+    micro, recompute = gpu_check.paper_memory_setting()
+    # what the shipped paper config needs to fit one 80 GB GPU (configs/anonymization/tedspad.yaml)
+    assert (micro, recompute) == (None, ["anonymizer", "utility", "budget"])
+    cmd = gpu_check.minimax_command()
+    assert cmd[cmd.index("--batch") + 1] == "8" and cmd[cmd.index("--res") + 1] == "224"
+    assert ("--recompute" in cmd) == bool(recompute) and ("--micro-batch" in cmd) == bool(micro)
+    if recompute:
+        assert cmd[cmd.index("--recompute") + 1].split(",") == recompute

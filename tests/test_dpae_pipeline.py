@@ -234,18 +234,3 @@ def test_server_refuses_codes_of_another_encoder_before_decoding(env, capsys) ->
     err = capsys.readouterr().err
     assert ".dpae: was written by encoder" in err and "this decoder is paired with encoder" in err
     assert not (env / "runs" / "server" / "srv_other").exists()  # refused before any output
-
-
-def test_privacy_table_script_reuses_runs_and_writes_the_table(env) -> None:
-    from scripts.dpae_privacy_table import main, points, run_name
-
-    assert points(["no_dp_adam", "dp_adam"], [0.1, 1.0]) == [("no_dp_adam", None), ("dp_adam", 0.1), ("dp_adam", 1.0)]
-    assert run_name("dp_sgd", 0.5) == "dp_sgd_nm0.5" and run_name("no_dp_adam", None) == "no_dp_adam"
-    before = (env / "runs" / "dpae" / "no_dp_adam" / "results.json").read_text()
-    assert main(["--optimizers", "no_dp_adam", "--no-privacy-stage"]) == 0
-    assert (env / "runs" / "dpae" / "no_dp_adam" / "results.json").read_text() == before  # reused, not retrained
-    table = (env / "results" / "dpae" / "privacy_table.md").read_text().splitlines()
-    rows = json.loads((env / "results" / "dpae" / "privacy_table.json").read_text())["rows"]
-    r = _results(env, "dpae", "no_dp_adam")
-    assert len(table) == 3 and table[2].startswith("| No-DP Adam | - | inf (no DP) | " + f"{r['test']['ssim']:.3f} |")
-    assert rows[0]["epochs_trained"] == 2 and rows[0]["frames"] == r["test"]

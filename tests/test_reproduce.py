@@ -257,13 +257,15 @@ def test_dpae_privacy_table_shows_epsilon_and_image_quality_per_method(tmp_path)
                                      "run_dir": str(tmp_path / f"a{key}")}
     done["dpae/n"] = {"status": "ran", "results": {"privacy": {"private": False, "optimizer": "adam", "epsilon": None, "delta": 1e-5}}}
     done["dpae/d"] = {"status": "ran", "results": {"privacy": {"private": True, "optimizer": "dp-adam", "noise_multiplier": 1.0,
-                                                                  "epsilon": 11.6759, "delta": 1e-5, "steps": 180}}}
+                                                                  "epsilon": 11.6759, "delta": 1e-5, "steps": 180},
+                                                      "test": {"ssim": 0.289, "psnr": 16.558, "mse": 0.0227}}}
     summary = reproduce.collect(plan, done, reproduce.BootstrapSection(resamples=20))
     assert summary["points"]["dpae_adam_nm1"]["dp"]["epsilon"] == 11.6759 and summary["points"]["raw"]["dp"] is None
     rows = {line.split(" | ")[0]: line for line in reproduce.render_tables(summary).splitlines() if line.startswith("| ")}
-    assert "| 11.7 (1e-05; dp-adam, noise 1) | 0.205 | 15.41 | 0.0296 | 3 -> 0 of 10 | 1 -> 0 |" in rows["| DP-AE, DP-Adam"]
-    assert "| none (not private) | 0.317 | 16.06 | 0.0250 | 3 -> 1 of 10 | 1 -> 1 |" in rows["| DP-AE, no DP"]
-    assert "| - | 1.000 | - | 0.0000 | 3 -> 3 of 10 |" in rows["| Raw"]
+    assert ("| 11.7 (1e-05; dp-adam, noise 1) | 0.289 / 16.56 | 0.205 | 15.41 | 0.0296 | 3 -> 0 of 10 | 1 -> 0 |"
+            in rows["| DP-AE, DP-Adam"])
+    assert "| none (not private) | - | 0.317 | 16.06 | 0.0250 | 3 -> 1 of 10 | 1 -> 1 |" in rows["| DP-AE, no DP"]
+    assert "| - | - | 1.000 | - | 0.0000 | 3 -> 3 of 10 |" in rows["| Raw"]
     # without a DP point the table is not printed
     plan.tables["main"] = ["raw"]
     del plan.points["dpae_no_dp"], plan.points["dpae_adam_nm1"]

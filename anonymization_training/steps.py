@@ -23,13 +23,13 @@ Anchor, positive and negative clips go through fA and fT as one concatenated bat
 forward instead of three (fT's BatchNorm then sees the three roles together in Step 2).
 Losses are computed in float32 even under autocast.
 
-Memory (``optim.micro_batch``; ``optim.recompute`` wraps the models in aux_code.memory's
-Recomputed before the steps see them): the action batch can go through fA and fT in
-``micro_batch``-clip parts whose gradients are summed before the one optimiser step (each
-part's L_T weighted by its share of the batch, so the step's gradient is the batch's). The image views always go through in one pass: NT-Xent's negatives are the
-whole image batch. What micro-batches change is BatchNorm's batch statistics in train mode
-(each micro-batch is normalised by its own, as per-GPU BatchNorm is without sync) and the order
-of fT's dropout masks; recomputation changes nothing but time.
+Memory (``optim.micro_batch``): the action batch can go through fA and fT in parts of
+``micro_batch`` clips whose gradients are summed before the one optimiser step (each part's L_T
+weighted by its share of the batch, so the step's gradient is the batch's). The image views
+always go through in one pass: NT-Xent's negatives are the whole image batch. What micro-batches
+change is BatchNorm's batch statistics in train mode (each part is normalised by its own, as
+per-GPU BatchNorm is without sync) and the order of fT's dropout masks. (``optim.recompute``
+acts on the models themselves, aux_code.memory.recompute_blocks; the steps do not see it.)
 
 Under torchrun (anonymization_training.train) each step receives a :class:`MinimaxModels`
 view in which only the models that step updates are DistributedDataParallel wrappers (Step 1:
@@ -64,6 +64,8 @@ from aux_code.runtime import gather_rows
 
 
 PRIVACY_OBJECTIVES = ("ntxent", "entropy")
+
+
 def micro_batches(batch: Mapping[str, torch.Tensor], size: int | None) -> list[dict[str, torch.Tensor]]:
     """The action batch ({"clip", "label", ...}, B rows each) as consecutive micro-batches of
     ``size`` rows (one part when size is None or >= B); B must be a multiple of size."""
@@ -331,7 +333,7 @@ class BudgetRestarts:
         return True
 
 
-def anonymize_action_batch(anonymizer: Callable[[torch.Tensor], torch.Tensor], batch: Mapping[str, torch.Tensor], *, temporal: bool, method: str,
+def anonymize_action_batch(anonymizer: nn.Module, batch: Mapping[str, torch.Tensor], *, temporal: bool, method: str,
                            precision: Precision) -> dict[str, torch.Tensor]:
     """fA on the batch's clips (B, 3, T, H, W), as one concatenated pass; returns anchor/positive/negative."""
     roles = ["clip"]
@@ -343,7 +345,7 @@ def anonymize_action_batch(anonymizer: Callable[[torch.Tensor], torch.Tensor], b
     return {r: out[i * b : (i + 1) * b] for i, r in enumerate(roles)}
 
 
-def anonymize_views(anonymizer: Callable[[torch.Tensor], torch.Tensor], batch: Mapping[str, torch.Tensor], *, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
+def anonymize_views(anonymizer: nn.Module, batch: Mapping[str, torch.Tensor], *, precision: Precision) -> tuple[torch.Tensor, torch.Tensor]:
     """fA on both image views (N, 3, H, W), as one pass."""
     n = batch["view1"].shape[0]
     with precision.autocast():
@@ -370,7 +372,6 @@ def anonymizer_step(
     """
     precision = stepper.precision
     models.anonymizer.train()
-    anonymizer, utility = models.anonymizer, models.utility
     parts = micro_batches(action, micro_batch)
     logs = []
     with frozen(models.utility, models.embedding, *models.budgets):
@@ -379,16 +380,16 @@ def anonymizer_step(
             last = i == len(parts) - 1
             share = part["label"].shape[0] / action["label"].shape[0]
             with _no_sync(models.anonymizer, last):
-                clips = anonymize_action_batch(anonymizer, part, temporal=weights.temporal, method=weights.method,
+                clips = anonymize_action_batch(models.anonymizer, part, temporal=weights.temporal, method=weights.method,
                                                precision=precision)
                 l_t, terms, logits = utility_terms(
-                    utility, models.embedding, clips["clip"], part["label"], weights=weights,
+                    models.utility, models.embedding, clips["clip"], part["label"], weights=weights,
                     positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
                 )
                 loss = weights.w_t * (l_t if len(parts) == 1 else l_t * share)
                 checked = {"L_T": l_t, **terms}
                 if last:
-                    v1, v2 = anonymize_views(anonymizer, images, precision=precision)
+                    v1, v2 = anonymize_views(models.anonymizer, images, precision=precision)
                     members = [member_terms(m, v1, v2, images, weights=weights, precision=precision)
                                for m in models.budgets]
                     privacy, worst = worst_case([m.privacy for m in members])
@@ -447,7 +448,7 @@ def adversary_step(
     utility_optimizer.zero_grad(set_to_none=True)
     for opt in budget_optimizers:
         opt.zero_grad(set_to_none=True)
-    utility, logs = models.utility, []
+    logs = []
     for i, part in enumerate(parts):
         share = part["label"].shape[0] / action["label"].shape[0]
         with frozen(models.anonymizer), torch.no_grad():
@@ -455,7 +456,7 @@ def adversary_step(
                                            precision=precision)
         with _no_sync(models.utility, i == len(parts) - 1), _no_sync(models.embedding, i == len(parts) - 1):
             l_t, terms, logits = utility_terms(
-                utility, models.embedding, clips["clip"], part["label"], weights=weights,
+                models.utility, models.embedding, clips["clip"], part["label"], weights=weights,
                 positive=clips.get("positive"), negative=clips.get("negative"), precision=precision,
             )
             stepper.check({"L_T": l_t, **terms}, half="adversary (Step 2)")

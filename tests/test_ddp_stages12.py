@@ -360,6 +360,15 @@ def test_minimax_two_processes_match_one(minimax_single, init_runs):
     assert sorted(p.name for p in (runs / "ddp_two" / "grids").iterdir()) == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
 
 
+def test_minimax_recomputing_its_blocks_under_two_ranks_matches_one_plain_process(minimax_single, init_runs):
+    """optim.recompute under torchrun: the blocks are wrapped before DDP and synchronised
+    BatchNorm recomputes across ranks; the run is the plain one-process run."""
+    base, runs = minimax_single
+    torchrun(["-m", "anonymization_training", *base, "run.name=ddp_recompute", "optim.epochs=2",
+              "optim.recompute=[anonymizer,utility,budget]"], _stage1_env(init_runs))
+    assert_same_run(runs / "ddp_recompute", runs / "ddp_single", skip="budget_acc", tol=MINIMAX_TOL)
+
+
 def test_minimax_resumes_under_another_world_size(minimax_single, init_runs):
     """1 epoch in one process, then epoch 2 by 2 ranks: it ends where the uninterrupted run ends."""
     from anonymization_training.__main__ import main

@@ -238,8 +238,9 @@ class OptimSection:
     )
     recompute: list[Literal["anonymizer", "utility", "budget"]] = opt(
         [],
-        "minimax: models whose activations are recomputed in the backward pass instead of stored "
-        "(torch.utils.checkpoint): the same gradients and BatchNorm statistics for about one more forward of each.",
+        "minimax: models whose blocks (UNet DoubleConv, I3D / ResNet bottlenecks, Inception blocks) recompute their "
+        "activations in the backward pass instead of storing them (aux_code.memory.recompute_blocks): the same "
+        "gradients and BatchNorm statistics for about one more forward of each.",
     )
 
 

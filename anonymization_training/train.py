@@ -75,7 +75,7 @@ from aux_code.memory import recompute_blocks
 from aux_code.models import anonymize_clip, build_anonymizer, build_budget, build_embedding_head, build_target, build_utility
 from aux_code.models.stored import load_stored_model
 from aux_code.precision import Precision
-from aux_code.runtime import broadcast_metrics, check_batches, data_parallel, rank_rows
+from aux_code.runtime import broadcast_metrics, check_batches, data_parallel, per_rank_batch, rank_rows
 from aux_code.schedule import Schedule
 from aux_code.training import RunContext, start_run
 from privacy_training.leakage import ssim
@@ -814,7 +814,7 @@ def check_micro_batch(cfg: AnonymizationConfig, world_size: int) -> None:
     o = cfg.optim
     if cfg.task != "minimax" or o.micro_batch is None:
         return
-    per_rank = o.batch_size // world_size
+    per_rank = per_rank_batch(o.batch_size, world_size, key="optim.batch_size")
     if per_rank % o.micro_batch:
         raise ConfigError(f"optim.micro_batch = {o.micro_batch} must divide the {per_rank} clips each rank trains on "
                           f"per step (optim.batch_size = {o.batch_size} over {world_size} rank(s))")

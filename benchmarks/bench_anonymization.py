@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -201,6 +202,19 @@ def worker(size_name: str, impl: str, steps: int, warmup: int, batch: int | None
             "peak_mib": peak, "rss_after_import_mib": base_rss, "peak_kind": "cuda max allocated" if device.type == "cuda" else "process peak RSS"}
 
 
+def worker_command(size: str, impl: str, *, amp: str, steps: int, warmup: int, batch: int | None = None,
+                   res: int | None = None, micro_batch: int | None = None, recompute: Sequence[str] = ()) -> list[str]:
+    """The command line of one worker process (its own peak memory): ``size`` / ``impl`` as in SIZES
+    and the implementations; batch / res None keep the size's own; micro_batch / recompute are the
+    stage's optim.micro_batch / optim.recompute."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_anonymization", "--worker", size, impl, "--amp", amp,
+           "--steps", str(steps), "--warmup", str(warmup)]
+    cmd += ["--batch", str(batch)] if batch is not None else []
+    cmd += ["--res", str(res)] if res is not None else []
+    cmd += ["--micro-batch", str(micro_batch)] if micro_batch else []
+    return cmd + (["--recompute", ",".join(recompute)] if recompute else [])
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -242,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in args.sizes.split(","):
         for impl in args.impls.split(","):
-            cmd = [sys.executable, "-m", "benchmarks.bench_anonymization", "--worker", size, impl, "--amp", args.amp]
             if size == "paper":
-                batch = args.paper_batch or (8 if cuda else 1)
-                cmd += ["--batch", str(batch), "--res", str(args.paper_res), "--steps", str(args.paper_steps), "--warmup", "1" if cuda else "0"]
+                cmd = worker_command(size, impl, amp=args.amp, steps=args.paper_steps, warmup=1 if cuda else 0,
+                                     batch=args.paper_batch or (8 if cuda else 1), res=args.paper_res)
             else:
-                cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+                cmd = worker_command(size, impl, amp=args.amp, steps=args.steps, warmup=args.warmup)
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(f"{size}/{impl} failed:\n{out.stderr[-2000:]}")
@@ -271,9 +284,8 @@ MEMORY_SETTINGS = [  # (optim.micro_batch, optim.recompute)
 
 
 def _memory_worker(args, batch: int, side: int, micro: int | None, recompute: list[str]) -> dict | None:
-    cmd = [sys.executable, "-m", "benchmarks.bench_anonymization", "--worker", "paper", "stage", "--amp", args.amp,
-           "--batch", str(batch), "--res", str(side), "--steps", "1", "--warmup", "0"]
-    cmd += (["--micro-batch", str(micro)] if micro else []) + (["--recompute", ",".join(recompute)] if recompute else [])
+    cmd = worker_command("paper", "stage", amp=args.amp, steps=1, warmup=0, batch=batch, res=side, micro_batch=micro,
+                         recompute=recompute)
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         print(f"micro_batch {micro} recompute {recompute} at {side} px: failed\n{out.stderr[-1500:]}")

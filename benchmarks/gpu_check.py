@@ -170,10 +170,11 @@ def paper_memory_setting() -> tuple[int | None, list[str]]:
 
 def minimax_command() -> list[str]:
     """bench_anonymization's worker at the paper's size and batch, bf16, with the shipped memory setting."""
+    from benchmarks.bench_anonymization import worker_command
+
     micro, recompute = paper_memory_setting()
-    cmd = [sys.executable, "-m", "benchmarks.bench_anonymization", "--worker", "paper", "stage", "--amp", "bf16",
-           "--batch", "8", "--res", "224", "--steps", "2", "--warmup", "1"]
-    return cmd + (["--micro-batch", str(micro)] if micro else []) + (["--recompute", ",".join(recompute)] if recompute else [])
+    return worker_command("paper", "stage", amp="bf16", steps=2, warmup=1, batch=8, res=224, micro_batch=micro,
+                          recompute=recompute)
 
 
 def item_minimax(cuda: bool) -> dict:

@@ -344,6 +344,7 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
 
     def point(name: str, label: str, anonymizer: tuple[str, ...], minimax: tuple[str, ...] | None,
               dpae: tuple[str, tuple[str, ...]] | None = None) -> str:
+        dpae_step = None
         if dpae is not None:
             # The camera's encoder and the server's decoder of one DP-AE run; fT as for the baselines.
             config, dp_overrides = dpae
@@ -353,11 +354,9 @@ def build_plan(cfg: ReproduceConfig) -> Plan:
             utility_ckpt = cfg.baseline_utility
             needs = (*utility_needs(utility_ckpt), trained)
         elif minimax is None:
-            dpae_step = None
             anon_overrides, utility_ckpt = anonymizer, cfg.baseline_utility
             needs = utility_needs(utility_ckpt)
         else:
-            dpae_step = None
             trained = plan.add(Step("anonymization", files.minimax, name, anon(*minimax), learned_init(minimax)))
             ckpt = f"anonymization/{name}/best.pt"
             anon_overrides, utility_ckpt, needs = trained_fa(ckpt), ckpt, (trained,)

@@ -40,6 +40,34 @@ def test_tiny_shapes_and_ranges():
         build_luss_ae(preset="tiny", clip_len=12)
 
 
+def test_prp_clip_uses_running_statistics_in_training():
+    """The PRP clip is normalised as a test window is (running statistics) and does not move them;
+    the reconstruction pass still trains on batch statistics."""
+    torch.manual_seed(0)
+    m = build_luss_ae(preset="tiny", clip_len=8)
+    with torch.no_grad():  # running statistics that differ from any batch's
+        for b in m.modules():
+            if isinstance(b, torch.nn.BatchNorm3d):
+                b.running_mean.uniform_(-0.5, 0.5)
+                b.running_var.uniform_(0.5, 2.0)
+    x, x_prp = torch.rand(4, 1, 8, 32, 48) * 2 - 1, torch.rand(4, 1, 8, 32, 48) * 4 - 2
+    alone = build_luss_ae(preset="tiny", clip_len=8)
+    alone.load_state_dict(m.state_dict())
+    m.train()
+    alone.train()
+    recon, _, logits = m(x, x_prp)
+    alone_recon, _, _ = alone(x)
+    assert torch.allclose(recon, alone_recon, atol=1e-6)  # batch statistics of x, as without the PRP clip
+    for a, b in zip(m.state_dict().values(), alone.state_dict().values()):
+        assert torch.equal(a, b)  # running statistics moved by x only
+    alone.eval()
+    with torch.no_grad():  # what a test window of x_prp would get from the same weights and statistics
+        assert torch.allclose(logits, alone.prp_logits(alone.encode(x_prp)), atol=1e-5)
+    assert all(b.training for b in m.modules())  # train mode is back after the PRP pass
+    logits.sum().backward()
+    assert m.encoder[0][0].weight.grad.abs().sum() > 0  # the PRP loss still trains the encoder
+
+
 def test_stored_model_round_trip():
     m = build_luss_ae(preset="tiny", clip_len=8)
     record = pack_model("luss_ae", {"preset": "tiny", "clip_len": 8}, m)

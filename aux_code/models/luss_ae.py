@@ -20,11 +20,20 @@ At 16x256x256 the autoencoder has 5.98 M parameters (Table 6's 3DCAE) and the wh
 6.13 M (Table 6: 6.12 M). Multiply-accumulates: encoder 16.1 G, decoder 16.1 G (Table 6's
 16.23 G matches the encoder plus the heads, i.e. a counter that skips transposed convolutions;
 see tests/test_luss_model.py). ``t`` must be a multiple of 8 and ``h``, ``w`` of 16.
+
+BatchNorm and the PRP clip: in training, the PRP clip's encoder pass normalises with the running
+statistics (and leaves them unchanged), as every test window will be normalised. With batch
+statistics the playback-rate classifier learns to compare a clip with the rest of its 50/50
+mixed batch, which no test window has: on held-out normal videos its cross-entropy was 0.05-0.2
+with batch statistics and 0.25-1.8 with the running ones, swinging from epoch to epoch
+(docs/luss_ae.md, "BatchNorm and the playback-rate head"). The reconstruction pass keeps batch
+statistics, and only original-rate clips move the running statistics.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 from einops import rearrange, reduce
@@ -32,8 +41,23 @@ from torch import nn
 
 PRESETS: dict[str, dict] = {
     "paper": {"widths": (96, 128, 256, 256), "prp_width": 64},
+    "small": {"widths": (16, 24, 32, 32), "prp_width": 16},
     "tiny": {"widths": (8, 12, 16, 16), "prp_width": 8},
 }
+
+
+@contextlib.contextmanager
+def _running_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` normalise with (and do not update) their running statistics;
+    gradients still flow through them."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train()
 
 
 def _block(conv: nn.Module, channels: int) -> nn.Sequential:
@@ -93,8 +117,11 @@ class LussAE(nn.Module):
         """``x`` (b c T h w) -> (recon b c T h w, next frame b c h w, PRP logits b 2 of ``x_prp``, or of ``x``)."""
         z = self.encode(x)
         recon, frame = self.decode(z)
-        logits = self.prp_logits(z if x_prp is None else self.encode(x_prp))
-        return recon, frame, logits
+        if x_prp is None:
+            return recon, frame, self.prp_logits(z)
+        with _running_statistics(self.encoder):
+            z_prp = self.encode(x_prp)
+        return recon, frame, self.prp_logits(z_prp)
 
 
 def build_luss_ae(*, preset: str = "paper", clip_len: int = 16, widths: Sequence[int] | None = None,

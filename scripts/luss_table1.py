@@ -20,9 +20,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from anomaly_detection.luss.__main__ import main as luss_main
-from aux_code.config import PROJECT_ROOT, load_config
+from aux_code.config import PROJECT_ROOT, experiment_hash, load_config
 from anomaly_detection.luss.config import LussConfig
 from aux_code.luss_scoring import PAPER_ALPHAS
 
@@ -55,13 +56,22 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 def run_luss(config: Path, name: str, overrides: list[str], *, driver: str = "luss_table1") -> dict:
     """One ``python -m anomaly_detection.luss`` run named ``name``; a run folder holding results.json is
-    reused as it is (delete the folder to train it again). Returns its results.json."""
+    reused as it is when it was made with the same settings and the same dataset folder (delete the folder
+    to train it again; one made otherwise is an error, never a silent reuse). Returns its results.json."""
     args = ["--config", str(config), f"run.name={name}", *overrides]
     cfg = load_config(LussConfig, config, args[2:])
     results = Path(cfg.paths.runs) / "luss" / name / "results.json"
     if results.is_file():
+        old = json.loads(results.read_text())
+        dataset = cfg.data.dataset
+        saved = yaml.safe_load((results.parent / "config.yaml").read_text()) if (results.parent / "config.yaml").is_file() else {}
+        old_root = (saved.get("paths") or {}).get(dataset)
+        if old.get("config_hash") != experiment_hash(cfg) or old_root is None or \
+                Path(old_root).resolve() != Path(getattr(cfg.paths, dataset)).resolve():
+            raise SystemExit(f"[{driver}] {results.parent} holds a run of other settings or of another {dataset} folder "
+                             f"({old_root}); delete it, or give this run's results another paths.runs")
         print(f"[{driver}] reusing {results}", flush=True)
-        return json.loads(results.read_text())
+        return old
     status = luss_main(args)
     if status != 0:
         raise SystemExit(f"run {name} failed with status {status}")

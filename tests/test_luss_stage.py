@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,23 @@ def test_stage_end_to_end(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(args + [f"paths.ped2={tmp_path / 'nowhere'}"])
     assert e.value.code == 2 and "paths.ped2" in capsys.readouterr().err
+
+
+def test_table_driver_reuses_a_run_only_of_the_same_settings_and_data(tmp_path):
+    from scripts.luss_table1 import run_luss
+
+    for seed in (1, 2):
+        generate(tmp_path / f"data{seed}", seed=seed, size="tiny", datasets=("ped2",))
+    common = [f"paths.runs={tmp_path / 'runs'}", "optim.epochs=1", "optim.steps_per_epoch=1", "clip.frame_size=[16,32]",
+              "eval.validation_windows=4", "eval.plot_videos=0"]
+    config = Path("configs/synthetic/luss/ped2.yaml")
+    first = run_luss(config, "r", [f"paths.ped2={tmp_path / 'data1' / 'UCSDped2'}", *common])
+    again = run_luss(config, "r", [f"paths.ped2={tmp_path / 'data1' / 'UCSDped2'}", *common])
+    assert again == first
+    with pytest.raises(SystemExit, match="another ped2 folder"):  # same name, other world
+        run_luss(config, "r", [f"paths.ped2={tmp_path / 'data2' / 'UCSDped2'}", *common])
+    with pytest.raises(SystemExit, match="other settings"):  # same name, another number-changing key
+        run_luss(config, "r", [f"paths.ped2={tmp_path / 'data1' / 'UCSDped2'}", *common, "optim.lr=0.5"])
 
 
 def test_table1_interval():

@@ -39,7 +39,7 @@ class ClipSection:
 
 @dataclass
 class ModelSection:
-    preset: Literal["paper", "tiny"] = shared("model.preset", "paper")  # paper: Gong et al.'s 3DCAE, 6.13 M parameters
+    preset: Literal["paper", "small", "tiny"] = shared("model.preset", "paper")  # paper: Gong et al.'s 3DCAE, 6.13 M parameters
 
 
 @dataclass

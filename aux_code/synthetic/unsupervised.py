@@ -1,6 +1,6 @@
 """Synthetic analogues of the unsupervised VAD benchmarks, in their release formats (issue 17).
 
-``python -m aux_code.synthetic.unsupervised [--seed N] [--size tiny|default] [--out DIR]`` writes
+``python -m aux_code.synthetic.unsupervised [--seed N] [--size tiny|default|large] [--out DIR]`` writes
 
 * ``UCSDped2/``: Train/TrainNNN/NNN.tif and Test/TestNNN/NNN.tif grey frames, Test/UCSDped2.m
   (1-based inclusive ``gt_frame`` ranges) and Test/TestNNN_gt/NNN.bmp masks of the anomaly;

@@ -20,10 +20,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from anomaly_detection.luss.__main__ import main as luss_main
+from aux_code.checkpoint import load_checkpoint
 from aux_code.config import PROJECT_ROOT, experiment_hash, load_config
+from aux_code.fit import dataset_files
+from aux_code.training import LAST
 from anomaly_detection.luss.config import LussConfig
 from aux_code.luss_scoring import PAPER_ALPHAS
 
@@ -56,20 +58,21 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 def run_luss(config: Path, name: str, overrides: list[str], *, driver: str = "luss_table1") -> dict:
     """One ``python -m anomaly_detection.luss`` run named ``name``; a run folder holding results.json is
-    reused as it is when it was made with the same settings and the same dataset folder (delete the folder
-    to train it again; one made otherwise is an error, never a silent reuse). Returns its results.json."""
+    reused as it is when it was made with the same settings and the same dataset label files (their
+    digests, as aux_code.fit's resume check sees them; delete the folder to train it again; one made
+    otherwise is an error, never a silent reuse). Returns its results.json."""
     args = ["--config", str(config), f"run.name={name}", *overrides]
     cfg = load_config(LussConfig, config, args[2:])
     results = Path(cfg.paths.runs) / "luss" / name / "results.json"
     if results.is_file():
         old = json.loads(results.read_text())
-        dataset = cfg.data.dataset
-        saved = yaml.safe_load((results.parent / "config.yaml").read_text()) if (results.parent / "config.yaml").is_file() else {}
-        old_root = (saved.get("paths") or {}).get(dataset)
-        if old.get("config_hash") != experiment_hash(cfg) or old_root is None or \
-                Path(old_root).resolve() != Path(getattr(cfg.paths, dataset)).resolve():
-            raise SystemExit(f"[{driver}] {results.parent} holds a run of other settings or of another {dataset} folder "
-                             f"({old_root}); delete it, or give this run's results another paths.runs")
+        last = results.parent / LAST
+        held = load_checkpoint(last, what="LUSS-AE run checkpoint").get("dataset_files") if last.is_file() else None
+        if old.get("config_hash") != experiment_hash(cfg) or held != dataset_files(cfg):
+            raise SystemExit(f"[{driver}] {results.parent} holds a run of other settings or of other "
+                             f"{cfg.data.dataset} label files than paths.{cfg.data.dataset} holds now "
+                             f"({getattr(cfg.paths, cfg.data.dataset)}); delete it, or give this run's results "
+                             "another paths.runs")
         print(f"[{driver}] reusing {results}", flush=True)
         return old
     status = luss_main(args)

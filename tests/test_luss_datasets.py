@@ -52,6 +52,26 @@ def test_round_trip(world, key):
     assert x.shape == (32, 32) and -1.0 <= x.min() and x.max() <= 1.0
 
 
+def test_metadata_files_are_the_label_files(copy):
+    """What fit's resume check and the table drivers' reuse check digest: every file a label comes from."""
+    from aux_code.datasets import dataset_digests
+
+    root = copy("ped2")
+    tests = sorted(d.name for d in (root / "Test").iterdir() if d.is_dir() and not d.name.endswith("_gt"))
+    assert set(dataset_digests("ped2", root)) == {"person_boxes.json", "Test/UCSDped2.m"}  # the .m covers every test video
+    m_file = root / "Test" / "UCSDped2.m"
+    m_file.write_text("".join(m_file.read_text().splitlines(keepends=True)[:-1]))  # the last video: from its masks
+    assert len(parse_gt_m_file(m_file)) == len(tests) - 1
+    masks = {f"Test/{tests[-1]}_gt/{p.name}" for p in (root / "Test" / f"{tests[-1]}_gt").iterdir()}
+    assert len(masks) == 40 and set(dataset_digests("ped2", root)) == {"person_boxes.json", "Test/UCSDped2.m"} | masks
+    root = copy("avenue")
+    mats = {f"ground_truth_demo/testing_label_mask/{int(p.stem)}_label.mat" for p in (root / "testing_videos").glob("*.avi")}
+    assert set(dataset_digests("avenue", root)) == {"person_boxes.json"} | mats
+    root = copy("shanghaitech_unsupervised")
+    npys = {f"testing/test_frame_mask/{d.name}.npy" for d in (root / "testing" / "frames").iterdir()}
+    assert set(dataset_digests("shanghaitech_unsupervised", root)) == {"person_boxes.json"} | npys
+
+
 def test_ped2_m_file_parsing(tmp_path):
     p = tmp_path / "UCSDped2.m"
     p.write_text("TestVideoFile = {};\n% Test001\nTestVideoFile{end+1}.gt_frame = [61:180];\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,29 @@ def test_table_driver_reuses_a_run_only_of_the_same_settings_and_data(tmp_path):
     first = run_luss(config, "r", [f"paths.ped2={tmp_path / 'data1' / 'UCSDped2'}", *common])
     again = run_luss(config, "r", [f"paths.ped2={tmp_path / 'data1' / 'UCSDped2'}", *common])
     assert again == first
-    with pytest.raises(SystemExit, match="another ped2 folder"):  # same name, other world
+    with pytest.raises(SystemExit, match="other ped2 label files"):  # same name, other world
         run_luss(config, "r", [f"paths.ped2={tmp_path / 'data2' / 'UCSDped2'}", *common])
+    moved = tmp_path / "moved" / "UCSDped2"  # the same world in another folder is the same data
+    shutil.copytree(tmp_path / "data1" / "UCSDped2", moved)
+    assert run_luss(config, "r", [f"paths.ped2={moved}", *common]) == first
     with pytest.raises(SystemExit, match="other settings"):  # same name, another number-changing key
         run_luss(config, "r", [f"paths.ped2={tmp_path / 'data1' / 'UCSDped2'}", *common, "optim.lr=0.5"])
+
+
+def test_a_run_resumed_after_its_label_files_changed_is_refused(tmp_path, capsys):
+    """fit's resume check sees the unsupervised sets' label files: the epochs so far were trained with
+    the old ones (validation on held-out normal videos), so finishing on the new would mix two worlds."""
+    generate(tmp_path / "data", seed=1, size="tiny", datasets=("ped2",))
+    root = tmp_path / "data" / "UCSDped2"
+    args = ["--config", "configs/synthetic/luss/ped2.yaml", f"paths.ped2={root}", f"paths.runs={tmp_path / 'runs'}",
+            "optim.steps_per_epoch=1", "clip.frame_size=[16,32]", "eval.validation_windows=4", "eval.plot_videos=0"]
+    assert main([*args, "optim.epochs=1"]) == 0
+    m_file = root / "Test" / "UCSDped2.m"
+    m_file.write_text(m_file.read_text().replace("[", "[ "))  # the same ranges, another file
+    capsys.readouterr()
+    assert main([*args, "optim.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset files changed since the run started" in err and "paths.ped2/Test/UCSDped2.m (changed)" in err
 
 
 def test_table1_interval():

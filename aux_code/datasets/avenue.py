@@ -46,6 +46,11 @@ class Avenue(UnsupervisedAdapter):
         super().__init__(root)
         self.mask_dir = self.root / mask_dir
 
+    def metadata_files(self) -> list[Path]:
+        """The per-video label .mat files."""
+        masks = sorted(self.mask_dir.glob("*_label.mat")) if self.mask_dir.is_dir() else []
+        return super().metadata_files() + masks
+
     def _list(self, split: Split) -> list[UnsupervisedVideo]:
         folder = require_dir(self.dataset_name, self.root / f"{split}ing_videos", f"{split}ing videos")
         items = []

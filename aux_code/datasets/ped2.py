@@ -66,6 +66,22 @@ class Ped2(UnsupervisedAdapter):
         super().__init__(root)
         self.gt_file = self.root / gt_file
 
+    def metadata_files(self) -> list[Path]:
+        """The .m file and the mask folders the labels are read from: those of training videos and of test
+        videos past the .m file's entries (a mask folder the .m file overrides is not read)."""
+        files = super().metadata_files()
+        covered = 0
+        if self.gt_file.is_file():
+            files.append(self.gt_file)
+            covered = len(parse_gt_m_file(self.gt_file))
+        for prefix in ("Train", "Test"):
+            folder = self.root / prefix
+            for d in sorted(folder.iterdir()) if folder.is_dir() else []:
+                m = re.fullmatch(rf"{prefix}(\d+)_gt", d.name)
+                if m and d.is_dir() and not (prefix == "Test" and int(m.group(1)) <= covered):
+                    files += list_frames(d, MASK_SUFFIXES)
+        return files
+
     def _list(self, split: Split) -> list[UnsupervisedVideo]:
         folder = require_dir(self.dataset_name, self.root / ("Train" if split == "train" else "Test"), split)
         prefix = "Train" if split == "train" else "Test"

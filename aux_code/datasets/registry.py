@@ -7,7 +7,10 @@ from typing import Any, Union
 
 from aux_code.checkpoint import file_digest
 
+from .avenue import Avenue
+from .ped2 import Ped2
 from .shanghaitech import ShanghaiTech
+from .shanghaitech_unsupervised import ShanghaiTechUnsupervised
 from .ucf101 import UCF101
 from .ucf_crime import UCFCrime
 from .vispr import VISPR
@@ -35,9 +38,10 @@ def get_anomaly_dataset(name: str, root: str | Path, **options: Any) -> AnomalyD
 def dataset_metadata_files(key: str, root: str | Path) -> list[Path]:
     """The list, annotation and label files of the dataset at ``paths.<key>`` (its readers' defaults):
     what labels, splits and intervals are read from, so a changed file changes every result that
-    used it (aux_code.features manifests, the reproduce fingerprints). Empty for keys without
-    such files here (the unsupervised sets, weights, runs)."""
-    readers: dict[str, type] = {**ANOMALY_DATASETS, "ucf101": UCF101, "vispr": VISPR}
+    used it (aux_code.features manifests, the reproduce fingerprints, aux_code.fit's resume check). Empty
+    for keys without such files (weights, runs)."""
+    readers: dict[str, type] = {**ANOMALY_DATASETS, "ucf101": UCF101, "vispr": VISPR, "ped2": Ped2, "avenue": Avenue,
+                                "shanghaitech_unsupervised": ShanghaiTechUnsupervised}
     if key not in readers:
         return []
     return readers[key](root).metadata_files()

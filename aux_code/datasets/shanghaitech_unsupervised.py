@@ -43,6 +43,11 @@ class ShanghaiTechUnsupervised(UnsupervisedAdapter):
         self.testing_frames = self.root / testing_frames
         self.mask_dir = self.root / mask_dir
 
+    def metadata_files(self) -> list[Path]:
+        """The frame masks (test labels, and the check that every training video is normal)."""
+        masks = sorted(self.mask_dir.glob("*.npy")) if self.mask_dir.is_dir() else []
+        return super().metadata_files() + masks
+
     def _list(self, split: Split) -> list[UnsupervisedVideo]:
         items = []
         if split == "train":

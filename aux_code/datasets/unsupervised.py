@@ -152,6 +152,12 @@ class UnsupervisedAdapter:
     def _list(self, split: Split) -> list[UnsupervisedVideo]:
         raise NotImplementedError
 
+    def metadata_files(self) -> list[Path]:
+        """The files labels (and the analogues' person boxes) are read from, so that a changed one is seen
+        by resume and reuse checks (aux_code.datasets.dataset_digests); the frames and videos are not."""
+        path = self.root / PERSON_BOXES
+        return [path] if path.is_file() else []
+
     def person_boxes(self, video: UnsupervisedVideo) -> list[np.ndarray]:
         """Ground-truth person boxes of ``video``, one int32 (n, 4) array (x0, y0, x1, y1) per frame.
 

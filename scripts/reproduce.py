@@ -1011,34 +1011,36 @@ def draw_tradeoff(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in summary["tables"]["main"] if summary["points"][n]["cmap"] is not None and summary["points"][n]["anomaly"] is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    placed: list[tuple[float, float]] = []
+    # Points are numbered and named in a legend beside the axes: with a dozen methods in one corner of the
+    # plane, names written at the markers cover each other; tab20 keeps up to 20 colours apart.
+    fig, ax = plt.subplots(figsize=(9.6, 5.4))
+    colours = plt.get_cmap("tab20").colors
     # With several attackers the x axis is the worst case over them (issue 14: judged by attackers the
     # anonymizer never saw), for every point alike.
     worst = all(summary["points"][n].get("worst_case") for n in names) and bool(names)
-    for n in names:
+    for number, n in enumerate(names, start=1):
         p = summary["points"][n]
         privacy = p["worst_case"] if worst else p
         x, y = 100 * privacy["cmap"], 100 * p["anomaly"]
         raw = n == "raw"
+        colour = "black" if raw else colours[(number - 1) % len(colours)]
         # Error bars: the bootstrap intervals (cMAP on x, the frame metric on y); none where a run has no per-item file.
         bars = {}
         for axis, ci, centre in (("xerr", privacy.get("cmap_ci"), x), ("yerr", p.get("anomaly_ci"), y)):
             if ci:
                 bars[axis] = [[max(centre - 100 * ci["low"], 0.0)], [max(100 * ci["high"] - centre, 0.0)]]
         if bars:
-            ax.errorbar([x], [y], **bars, fmt="none", ecolor="gray", elinewidth=1, capsize=3, zorder=2)
-        ax.scatter([x], [y], marker="*" if raw else "o", s=160 if raw else 50, color="black" if raw else None, zorder=3)
-        # A label that would sit on a nearby point's label goes below its marker instead.
-        crowded = any(abs(x - px) < 1.5 and abs(y - py) < 1.5 for px, py in placed)
-        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, -11 if crowded else 4), fontsize=8)
-        placed.append((x, y))
+            ax.errorbar([x], [y], **bars, fmt="none", ecolor=colour, alpha=0.5, elinewidth=1, capsize=3, zorder=2)
+        ax.scatter([x], [y], marker="*" if raw else "o", s=160 if raw else 50, color=colour, zorder=3,
+                   label=f"{number}. {p['label']}")
+        ax.annotate(str(number), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8, zorder=4)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, borderaxespad=0.0)
     metric = next((summary["points"][n]["anomaly_metric"] for n in names), "auc") or "auc"
     ax.set_xlabel(("privacy leakage: worst-case attacker cMAP (%)" if worst else "privacy leakage: cMAP of the target model (%)")
                   + "  (lower = more private)")
     ax.set_ylabel(f"anomaly detection: frame {metric.upper()} (%)")
     level = _level(summary)
-    ax.set_title(f"Privacy-utility trade-off (raw = star; bars: {level}, bootstrap over test items and MGFN seeds)", fontsize=9)
+    ax.set_title(f"Privacy-utility trade-off (raw = black star)\nbars: {level}, bootstrap over test items and MGFN seeds", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
